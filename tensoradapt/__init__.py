@@ -1,0 +1,1 @@
+"""tensoradapt: task-aware tensor adaptation of foundation models."""
