@@ -1,0 +1,240 @@
+"""The base class of every factorised task delta.
+
+A task delta stands for a tensor `delta` of shape `(T, d_out, d_in)`: `delta[t]` is the update of a weight
+`W0: (d_out, d_in)` for task `t`. Subclasses keep the tensor factorised and implement the forward pass as
+a chain of small contractions with the input, so that neither the `(T, d_out, d_in)` tensor nor a
+`(d_out, d_in)` matrix is ever formed in training.
+
+Task routing (`task` argument of `forward`):
+- an `int`: the whole batch belongs to that task;
+- a `LongTensor` of shape `(B,)`: per-sample task ids. `x` is `(B', ..., d_in)` with `B' = k * B`; each id
+  covers `k` consecutive leading rows (sample-major), which is how SAM's windowed attention splits an
+  image into `k` windows. Shared projections run once over all samples; only the tiny per-task
+  core/vector is gathered per sample.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TaskDelta", "TaskIndex", "INITS", "check_task_index"]
+
+TaskIndex = int | Tensor
+INITS = ("paper", "orthonormal")
+
+
+def _is_compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
+def check_task_index(task: TaskIndex, num_tasks: int) -> None:
+    """Raise if `task` is not an int in `[0, num_tasks)` or a 1-D integer tensor of such ids."""
+    if isinstance(task, bool):
+        raise TypeError(f"task must be an int or a LongTensor of per-sample ids, got {task!r}")
+    if isinstance(task, int):
+        if not 0 <= task < num_tasks:
+            raise IndexError(f"task id {task} is outside [0, T) with T={num_tasks}")
+        return
+    if not isinstance(task, Tensor):
+        raise TypeError(
+            f"task must be an int or a LongTensor of per-sample ids, got {type(task).__name__}"
+        )
+    if task.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"task ids must be an integer tensor, got dtype {task.dtype}")
+    if task.dim() != 1:
+        raise ValueError(f"task ids must have shape (B,), got {tuple(task.shape)}")
+    if _is_compiling() or task.numel() == 0:
+        return  # the range check needs a host sync; skip it inside a compiled graph
+    lo, hi = int(task.min()), int(task.max())
+    if lo < 0 or hi >= num_tasks:
+        bad = lo if lo < 0 else hi
+        raise IndexError(f"task id {bad} is outside [0, T) with T={num_tasks}")
+
+
+class TaskDelta(nn.Module, ABC):
+    """A factorised update tensor `(T, d_out, d_in)` over a task axis.
+
+    `forward(x, task)` returns `x @ delta[task]^T` (no scale, no dropout: that is `TaskLinear`'s job).
+
+    Args:
+        shape: `(T, d_out, d_in)`.
+        ranks: the decomposition's ranks (see each subclass).
+        init: `"paper"` (zero core/last factor, other factors N(0, 1)) or `"orthonormal"` (zero core,
+            factors with orthonormal columns). Both make the delta exactly zero.
+    """
+
+    #: short name used by `make_delta`, configs and reports
+    decomp: str = ""
+
+    def __init__(self, shape: Sequence[int], ranks, init: str = "paper") -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
+        if not isinstance(shape, tuple) or len(shape) != 3 or any(s <= 0 for s in shape):
+            raise ValueError(f"shape must be (T, d_out, d_in) with positive sizes, got {shape!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.shape: tuple[int, int, int] = shape
+        self.num_tasks, self.d_out, self.d_in = shape
+        self.ranks = self._validate_ranks(ranks)
+
+    # ----------------------------------------------------------------- to implement
+    @abstractmethod
+    def _validate_ranks(self, ranks):
+        """Return the normalised ranks, or raise ValueError naming `ranks` and the bound."""
+
+    @abstractmethod
+    def reset_parameters(self, init: str = "paper") -> None:
+        """Re-initialise so that the delta is exactly zero."""
+
+    @abstractmethod
+    def _forward_task(self, x: Tensor, task: int) -> Tensor:
+        """x: (..., d_in) -> (..., d_out) for one task."""
+
+    @abstractmethod
+    def _forward_per_sample(self, x: Tensor, ids: Tensor) -> Tensor:
+        """x: (B, n, d_in), ids: (B,) -> (B, n, d_out)."""
+
+    @abstractmethod
+    def to_tensor(self) -> Tensor:
+        """Materialise the full `(T, d_out, d_in)` tensor (for tests, fitting and merging only)."""
+
+    @abstractmethod
+    def orthogonal_matrices(self) -> list[Tensor]:
+        """The factor matrices and core slices the orthogonality penalty applies to."""
+
+    @property
+    @abstractmethod
+    def rank(self) -> int:
+        """Width of the bottleneck the input is projected to (LoRA's `r`, used for alpha / rank)."""
+
+    # ----------------------------------------------------------------- shared
+    def matrix(self, task: int) -> Tensor:
+        """`delta[task]`: (d_out, d_in). Subclasses override with a cheaper contraction."""
+        check_task_index(task, self.num_tasks)
+        return self.to_tensor()[task]
+
+    def forward(self, x: Tensor, task: TaskIndex) -> Tensor:
+        """x: (B', ..., d_in) -> (B', ..., d_out); `task` an int or per-sample ids (B,) with B' = k B."""
+        if x.shape[-1] != self.d_in:
+            raise ValueError(
+                f"input last dim must be d_in={self.d_in}, got x of shape {tuple(x.shape)}"
+            )
+        if isinstance(task, Tensor) and task.dim() == 0:
+            task = int(task)
+        check_task_index(task, self.num_tasks)
+        if isinstance(task, int):
+            return self._forward_task(x, task)
+        num = task.shape[0]
+        if x.dim() < 2 or x.shape[0] % num:
+            raise ValueError(
+                f"{num} per-sample task ids do not divide the batch: x has leading dim "
+                f"{x.shape[0] if x.dim() else 0} (expected a multiple k*{num}, sample-major)"
+            )
+        # Sample-major: rows [i*k, (i+1)*k) of x belong to sample i, so a reshape groups them.
+        y = self._forward_per_sample(x.reshape(num, -1, self.d_in), task.to(x.device).long())
+        return y.reshape(*x.shape[:-1], self.d_out)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def compression_ratio(self, reference: str = "dense") -> float:
+        """Parameters of a reference over this delta's parameters.
+
+        reference: `"dense"` — T independent dense deltas `(T, d_out, d_in)`;
+                   `"lora"` — T independent LoRAs at this delta's `rank`.
+        """
+        T, o, i = self.shape
+        if reference == "dense":
+            ref = T * o * i
+        elif reference == "lora":
+            ref = T * self.rank * (o + i)
+        else:
+            raise ValueError(f"reference must be 'dense' or 'lora', got {reference!r}")
+        return ref / self.num_parameters
+
+    def extra_repr(self) -> str:
+        return (
+            f"shape={self.shape}, ranks={self.ranks}, params={self.num_parameters:,}, "
+            f"compression={self.compression_ratio():.1f}x vs dense"
+        )
+
+    # ----------------------------------------------------------------- helpers for subclasses
+    @staticmethod
+    def _positive_int(value, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int,)) and not (
+            isinstance(value, Tensor) and value.dim() == 0
+        ):
+            raise TypeError(f"{name} must be a positive int, got {value!r}")
+        value = int(value)
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+        return value
+
+    @staticmethod
+    def _rank_tuple(ranks, n: int, names: str) -> tuple[int, ...]:
+        if isinstance(ranks, int) and not isinstance(ranks, bool):
+            raise ValueError(f"ranks must be a tuple {names} of {n} ints, got the single int {ranks}")
+        try:
+            ranks = tuple(ranks)
+        except TypeError:
+            raise TypeError(f"ranks must be a tuple {names} of {n} ints, got {ranks!r}") from None
+        if len(ranks) != n:
+            raise ValueError(f"ranks must be {names} ({n} values), got {len(ranks)}: {ranks}")
+        return tuple(TaskDelta._positive_int(r, f"ranks[{k}]") for k, r in enumerate(ranks))
+
+    @staticmethod
+    def _bound(value: int, bound: int, what: str) -> None:
+        if value > bound:
+            raise ValueError(f"{what}: {value} exceeds {bound}")
+
+    def _new(self, *size: int) -> nn.Parameter:
+        return nn.Parameter(torch.empty(*size))
+
+    @staticmethod
+    def _init_factor(factor: Tensor, init: str) -> None:
+        """N(0, 1) for the paper's init; a (semi-)orthonormal matrix otherwise."""
+        with torch.no_grad():
+            if init == "paper":
+                factor.normal_(0.0, 1.0)
+            else:
+                nn.init.orthogonal_(factor)
+
+
+    # ----------------------------------------------------------------- fitting / interop (tensorly)
+    @classmethod
+    def from_tensor(cls, dense: Tensor, ranks, **kwargs) -> tuple["TaskDelta", float]:
+        """Fit this decomposition to `dense: (T, d_out, d_in)`; returns `(delta, relative_error)`."""
+        from ..fit import fit_delta
+
+        return fit_delta(cls, dense, ranks, **kwargs)
+
+    def to_tensorly(self):
+        """tensorly's CPTensor / TuckerTensor / TTTensor with this delta's factors."""
+        from ..fit import to_tensorly
+
+        return to_tensorly(self)
+
+    @classmethod
+    def from_tensorly(cls, obj) -> "TaskDelta":
+        from ..fit import from_tensorly
+
+        return from_tensorly(cls, obj)
+
+    def to_tltorch(self):
+        """tensorly-torch's CPTensor / TuckerTensor / TTTensor with copies of this delta's factors."""
+        from ..fit import to_tltorch
+
+        return to_tltorch(self)
+
+    @classmethod
+    def from_tltorch(cls, ft) -> "TaskDelta":
+        from ..fit import from_tltorch
+
+        return from_tltorch(cls, ft)

@@ -1,0 +1,113 @@
+"""LoRA baselines over a task axis: independent per-task LoRA and one LoRA shared by all tasks."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import TaskDelta, check_task_index
+
+__all__ = ["LoRADelta", "SharedLoRADelta"]
+
+
+def _init_down(A: Tensor, init: str) -> None:
+    """LoRA's down-projection init (PEFT: Kaiming-uniform with a=sqrt(5)); orthonormal rows otherwise."""
+    with torch.no_grad():
+        if init == "paper":
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        else:
+            nn.init.orthogonal_(A)
+
+
+class LoRADelta(TaskDelta):
+    """T independent LoRAs, `delta[t] = B[t] @ A[t]` (LoRA-STL in one model).
+
+    Args:
+        shape: `(T, d_out, d_in)`.
+        ranks: `r` (an int), `r <= min(d_out, d_in)`.
+
+    Parameters: `A (T, r, d_in)`, `B (T, d_out, r)`; `B` starts at zero as in LoRA.
+    """
+
+    decomp = "lora"
+
+    def __init__(self, shape, ranks, init: str = "paper") -> None:
+        super().__init__(shape, ranks, init)
+        T, d_out, d_in = self.shape
+        self.A = self._new(T, self.ranks, d_in)
+        self.B = self._new(T, d_out, self.ranks)
+        self.reset_parameters(init)
+
+    def _validate_ranks(self, ranks):
+        if isinstance(ranks, (tuple, list)):
+            if len(ranks) != 1:
+                raise ValueError(f"ranks of {type(self).__name__} must be one int r, got {tuple(ranks)}")
+            ranks = ranks[0]
+        r = self._positive_int(ranks, "ranks")
+        self._bound(r, min(self.d_out, self.d_in), "ranks r must be <= min(d_out, d_in)")
+        return r
+
+    @property
+    def rank(self) -> int:
+        return self.ranks
+
+    def reset_parameters(self, init: str = "paper") -> None:
+        for t in range(self.num_tasks):
+            _init_down(self.A[t], init)
+        with torch.no_grad():
+            self.B.zero_()
+
+    def _forward_task(self, x: Tensor, task: int) -> Tensor:
+        return (x @ self.A[task].T) @ self.B[task].T
+
+    def _forward_per_sample(self, x: Tensor, ids: Tensor) -> Tensor:
+        h = torch.bmm(x, self.A[ids].transpose(1, 2))
+        return torch.bmm(h, self.B[ids].transpose(1, 2))
+
+    def matrix(self, task: int) -> Tensor:
+        check_task_index(task, self.num_tasks)
+        return self.B[task] @ self.A[task]
+
+    def to_tensor(self) -> Tensor:
+        return torch.bmm(self.B, self.A)
+
+    def orthogonal_matrices(self) -> list[Tensor]:
+        return [*self.A.transpose(1, 2).unbind(0), *self.B.unbind(0)]
+
+
+class SharedLoRADelta(LoRADelta):
+    """One LoRA for every task, `delta[t] = B @ A` (hard parameter sharing, LoRA-HPS).
+
+    Parameters: `A (r, d_in)`, `B (d_out, r)`. Task ids are validated but do not change the output.
+    """
+
+    decomp = "shared-lora"
+
+    def __init__(self, shape, ranks, init: str = "paper") -> None:
+        TaskDelta.__init__(self, shape, ranks, init)
+        _, d_out, d_in = self.shape
+        self.A = self._new(self.ranks, d_in)
+        self.B = self._new(d_out, self.ranks)
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str = "paper") -> None:
+        _init_down(self.A, init)
+        with torch.no_grad():
+            self.B.zero_()
+
+    def _forward_task(self, x: Tensor, task: int) -> Tensor:
+        return (x @ self.A.T) @ self.B.T
+
+    def _forward_per_sample(self, x: Tensor, ids: Tensor) -> Tensor:
+        return self._forward_task(x, 0)
+
+    def matrix(self, task: int) -> Tensor:
+        check_task_index(task, self.num_tasks)
+        return self.B @ self.A
+
+    def to_tensor(self) -> Tensor:
+        return (self.B @ self.A).expand(self.num_tasks, -1, -1)
+
+    def orthogonal_matrices(self) -> list[Tensor]:
+        return [self.A.T, self.B]

@@ -1,0 +1,359 @@
+"""Put task deltas into any model, route tasks, choose what trains, save and load adapters."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .deltas import DELTA_CLASSES, INITS, TaskDelta, check_task_index, make_delta
+from .deltas.base import TaskIndex
+from .layers import TaskLinear, qkv_rows
+
+__all__ = [
+    "AdapterConfig", "adapt", "task_linears", "task_deltas", "set_task", "task_scope",
+    "enable_task_kwarg", "mark_trainable", "count_parameters", "trainable_parameters_report",
+    "adapter_state_dict", "load_adapter_state_dict", "save_adapter", "load_adapter",
+    "merge_adapters", "unmerge_adapters",
+]
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+Targets = str | Sequence[str] | Callable[[str, nn.Module], bool]
+
+
+@dataclass
+class AdapterConfig:
+    """Everything `adapt` needs to rebuild the same deltas (serialised next to the weights)."""
+
+    targets: str | list[str]
+    decomp: str = "tucker"
+    num_tasks: int = 1
+    ranks: int | list[int] | tuple[int, ...] = (4, 32, 32)
+    scale: float | None = None
+    alpha: float | None = None
+    dropout: float = 0.0
+    init: str = "paper"
+    qkv: str | None = None
+    layers: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.decomp not in DELTA_CLASSES:
+            raise ValueError(f"decomp must be one of {sorted(DELTA_CLASSES)}, got {self.decomp!r}")
+        if isinstance(self.num_tasks, bool) or not isinstance(self.num_tasks, int) or self.num_tasks <= 0:
+            raise ValueError(f"num_tasks must be a positive int, got {self.num_tasks!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.ranks, list):
+            self.ranks = tuple(self.ranks)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AdapterConfig":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown adapter config keys {sorted(unknown)}")
+        return cls(**data)
+
+
+def _matcher(targets: Targets) -> Callable[[str, nn.Module], bool]:
+    """PEFT's `target_modules` semantics: a str is a full-name regex; a list matches names or suffixes."""
+    if callable(targets):
+        return targets
+    if isinstance(targets, str):
+        pattern = re.compile(targets)
+        return lambda name, _m: pattern.fullmatch(name) is not None
+    names = list(targets)
+    if not names:
+        raise ValueError("targets must not be empty")
+    return lambda name, _m: any(name == t or name.endswith("." + t) for t in names)
+
+
+def adapt(
+    model: nn.Module,
+    targets: Targets,
+    decomp: str = "tucker",
+    num_tasks: int = 1,
+    ranks=(4, 32, 32),
+    scale: float | None = None,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    init: str = "paper",
+    qkv: str | None = None,
+) -> nn.Module:
+    """Replace every `nn.Linear` whose name matches `targets` by a `TaskLinear` (in place); return model.
+
+    Args:
+        targets: a regex matched against full module names, a list of names/suffixes (PEFT style), or a
+            predicate `(name, module) -> bool`.
+        decomp: "cp", "tucker", "tt", "lora" or "shared-lora".
+        num_tasks: T.
+        ranks: the decomposition's ranks (see each delta class).
+        scale / alpha: delta multiplier; `scale` wins, else `alpha / rank`, else 1.
+        dropout: dropout on the delta input.
+        init: "paper" or "orthonormal" (both start at a zero delta).
+        qkv: treat each target as a fused [q; k; v] projection and adapt only these parts (e.g. "qv").
+    """
+    if not callable(targets) and not isinstance(targets, str):
+        targets = list(targets)
+    config = AdapterConfig(
+        targets=targets if not callable(targets) else "<callable>", decomp=decomp,
+        num_tasks=num_tasks, ranks=ranks, scale=scale, alpha=alpha, dropout=dropout, init=init, qkv=qkv,
+    )
+    match = _matcher(targets)
+    chosen: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, TaskLinear) or not name:
+            continue
+        if any(name.startswith(c + ".") for c, _ in chosen):
+            continue
+        if match(name, module):
+            chosen.append((name, module))
+    if not chosen:
+        raise ValueError(f"targets {targets!r} matched no module of {type(model).__name__}")
+    for name, module in chosen:
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"target {name!r} is a {type(module).__name__}, not an nn.Linear")
+    for name, linear in chosen:
+        rows = qkv_rows(linear.out_features, qkv) if qkv is not None else None
+        d_out = linear.out_features if rows is None else len(rows)
+        delta = make_delta(decomp, (num_tasks, d_out, linear.in_features), ranks, init=init)
+        delta.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        layer = TaskLinear(linear, delta, scale=scale, alpha=alpha, dropout=dropout, rows=rows)
+        _set_submodule(model, name, layer)
+        config.layers.append(name)
+    existing: list[AdapterConfig] = getattr(model, "tensoradapt_configs", [])
+    model.tensoradapt_configs = existing + [config]
+    return model
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def task_linears(model: nn.Module) -> Iterator[tuple[str, TaskLinear]]:
+    """Every adapted layer, found by type."""
+    for name, m in model.named_modules():
+        if isinstance(m, TaskLinear):
+            yield name, m
+
+
+def task_deltas(model: nn.Module) -> Iterator[tuple[str, TaskDelta]]:
+    """Every task delta, found by type."""
+    for name, m in model.named_modules():
+        if isinstance(m, TaskDelta):
+            yield name, m
+
+
+def _num_tasks(model: nn.Module) -> int:
+    counts = {m.num_tasks for _, m in task_linears(model)}
+    if not counts:
+        raise ValueError(f"{type(model).__name__} has no TaskLinear: call adapt(...) first")
+    if len(counts) > 1:
+        raise ValueError(f"adapted layers disagree on the number of tasks: {sorted(counts)}")
+    return counts.pop()
+
+
+def set_task(model: nn.Module, task: TaskIndex | None) -> None:
+    """Route every adapted layer of `model` to `task` (an int or per-sample ids `(B,)`; None clears)."""
+    if task is not None:
+        if isinstance(task, Tensor) and task.dim() == 0:
+            task = int(task)
+        check_task_index(task, _num_tasks(model))
+    for _, layer in task_linears(model):
+        layer.task = task
+
+
+@contextmanager
+def task_scope(model: nn.Module, task: TaskIndex):
+    """`with task_scope(model, task): model(x)` routes `task` and restores the previous routing."""
+    previous = [(layer, layer.task) for _, layer in task_linears(model)]
+    set_task(model, task)
+    try:
+        yield model
+    finally:
+        for layer, old in previous:
+            layer.task = old
+
+
+def enable_task_kwarg(model: nn.Module, name: str = "task"):
+    """Let `model(x, task=...)` route tasks: a forward pre-hook pops the kwarg (as PEFT's Poly does).
+
+    Returns the hook handles; `.remove()` them to undo.
+    """
+
+    def pre(module, args, kwargs):
+        if name in kwargs:
+            task = kwargs.pop(name)
+            module._tensoradapt_saved = [(l, l.task) for _, l in task_linears(module)]
+            set_task(module, task)
+        return args, kwargs
+
+    def post(module, args, kwargs, output):
+        for layer, old in getattr(module, "_tensoradapt_saved", []):
+            layer.task = old
+        module._tensoradapt_saved = []
+        return output
+
+    return (
+        model.register_forward_pre_hook(pre, with_kwargs=True),
+        model.register_forward_hook(post, with_kwargs=True),
+    )
+
+
+def mark_trainable(
+    model: nn.Module,
+    extra: Iterable[nn.Module] | str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None = None,
+) -> int:
+    """Freeze everything but the task deltas (and `extra`); return the number of trainable params.
+
+    `extra` may be modules, a regex (or list of regexes) over parameter names, or a predicate
+    `(name, param) -> bool`.
+    """
+    model.requires_grad_(False)
+    for _, delta in task_deltas(model):
+        delta.requires_grad_(True)
+    if extra is not None:
+        if callable(extra) and not isinstance(extra, nn.Module):
+            for n, p in model.named_parameters():
+                if extra(n, p):
+                    p.requires_grad_(True)
+        elif isinstance(extra, str) or (
+            isinstance(extra, (list, tuple)) and extra and all(isinstance(e, str) for e in extra)
+        ):
+            patterns = [re.compile(e) for e in ([extra] if isinstance(extra, str) else extra)]
+            for n, p in model.named_parameters():
+                if any(pt.search(n) for pt in patterns):
+                    p.requires_grad_(True)
+        else:
+            for m in [extra] if isinstance(extra, nn.Module) else extra:
+                m.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_parameters(model: nn.Module) -> dict[str, float]:
+    """Trainable / total / delta parameter counts and the deltas' compression ratios."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    deltas = [d for _, d in task_deltas(model)]
+    n_delta = sum(d.num_parameters for d in deltas)
+    dense = sum(d.num_parameters * d.compression_ratio("dense") for d in deltas)
+    lora = sum(d.num_parameters * d.compression_ratio("lora") for d in deltas)
+    return {
+        "trainable": trainable,
+        "total": total,
+        "delta": n_delta,
+        "vs_dense": dense / n_delta if n_delta else float("nan"),
+        "vs_lora": lora / n_delta if n_delta else float("nan"),
+    }
+
+
+def trainable_parameters_report(model: nn.Module) -> str:
+    """A PEFT-style one-liner plus the deltas' size against T independent LoRAs and dense deltas."""
+    c = count_parameters(model)
+    line = (
+        f"trainable params: {c['trainable']:,} || all params: {c['total']:,} || "
+        f"trainable%: {100 * c['trainable'] / max(c['total'], 1):.4f}"
+    )
+    if c["delta"]:
+        line += (
+            f" || delta params: {c['delta']:,} ({c['vs_lora']:.2f}x smaller than T independent LoRAs "
+            f"at the same rank, {c['vs_dense']:.1f}x smaller than T dense deltas)"
+        )
+    return line
+
+
+# ----------------------------------------------------------------------------- state
+def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The deltas' parameters only, keyed by their names in `model`."""
+    out = {}
+    for name, delta in task_deltas(model):
+        for pname, p in delta.named_parameters():
+            out[f"{name}.{pname}"] = p.detach()
+    return out
+
+
+def load_adapter_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load delta parameters strictly: missing, unexpected or mis-shaped keys raise, naming them."""
+    own = adapter_state_dict(model)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise KeyError(
+            f"adapter state does not match the model: missing keys {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}"
+        )
+    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"adapter tensors have the wrong shape (saved vs model): {bad[:8]}")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(state[k])
+
+
+def save_adapter(model: nn.Module, directory: str | Path) -> Path:
+    """Write `adapter_model.safetensors` + `adapter_config.json` into `directory` (atomically)."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    configs: list[AdapterConfig] = getattr(model, "tensoradapt_configs", [])
+    if not configs:
+        raise ValueError("model has no adapter config: adapt it with tensoradapt.adapt(...) first")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    text = json.dumps([json.loads(c.to_json()) for c in configs], indent=2)
+    with atomic_path(directory / ADAPTER_CONFIG) as tmp:
+        tmp.write_text(text)
+    return directory
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Adapt `model` as the saved config says (if not yet adapted) and load the saved deltas."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg_path, w_path = directory / ADAPTER_CONFIG, directory / ADAPTER_WEIGHTS
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"adapter directory {directory} lacks {p.name} (written by save_adapter)")
+    configs = [AdapterConfig.from_json(json.dumps(c)) for c in json.loads(cfg_path.read_text())]
+    if not any(True for _ in task_linears(model)):
+        for c in configs:
+            adapt(
+                model, targets=list(c.layers), decomp=c.decomp, num_tasks=c.num_tasks, ranks=c.ranks,
+                scale=c.scale, alpha=c.alpha, dropout=c.dropout, init=c.init, qkv=c.qkv,
+            )
+        model.tensoradapt_configs = configs
+    load_adapter_state_dict(model, load_file(str(w_path)))
+    return model
+
+
+def merge_adapters(model: nn.Module, task: int) -> None:
+    """`merge(task)` on every adapted layer (single-task inference at the cost of the base model)."""
+    for _, layer in task_linears(model):
+        layer.merge(task)
+
+
+def unmerge_adapters(model: nn.Module) -> None:
+    for _, layer in task_linears(model):
+        layer.unmerge()

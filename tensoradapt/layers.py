@@ -1,0 +1,192 @@
+"""`TaskLinear`: a frozen `nn.Linear` with a task delta beside it."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .deltas.base import TaskDelta, TaskIndex, check_task_index
+
+__all__ = ["TaskLinear", "qkv_rows"]
+
+QKV_PARTS = "qkv"
+
+
+def qkv_rows(out_features: int, parts: str = "qkv") -> list[int] | None:
+    """Rows of a fused `[q; k; v]` projection covered by `parts` (any non-empty subset of "qkv").
+
+    Returns None when all three are selected (the delta covers every row).
+    """
+    if not parts or any(p not in QKV_PARTS for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"qkv must be a non-empty subset of 'qkv' without repeats, got {parts!r}")
+    if out_features % 3:
+        raise ValueError(f"a fused qkv linear needs out_features divisible by 3, got {out_features}")
+    if set(parts) == set(QKV_PARTS):
+        return None
+    d = out_features // 3
+    return [r for p in QKV_PARTS if p in parts for r in range(QKV_PARTS.index(p) * d, (QKV_PARTS.index(p) + 1) * d)]
+
+
+def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
+    """Group sorted row indices into half-open contiguous runs [(start, stop), ...]."""
+    runs: list[tuple[int, int]] = []
+    for r in rows:
+        if runs and runs[-1][1] == r:
+            runs[-1] = (runs[-1][0], r + 1)
+        else:
+            runs.append((r, r + 1))
+    return runs
+
+
+class TaskLinear(nn.Module):
+    """`y = x W0^T + b + scale * delta(dropout(x), task)` for a token `x` of task `task`.
+
+    The base linear is kept intact and frozen; the delta sits beside it. The task is routed by
+    `set_task` / `task_scope` (it is stored in `self.task`) so the host model's forward signature is
+    unchanged.
+
+    Args:
+        base: the frozen `nn.Linear` (weight `(d_out_full, d_in)`).
+        delta: a `TaskDelta` of shape `(T, d_out, d_in)`, `d_out == len(rows)` (or `d_out_full`).
+        scale: multiplier of the delta; default `alpha / delta.rank` when `alpha` is given, else 1.
+        alpha: LoRA-style alpha (used only when `scale` is None).
+        dropout: dropout probability on the delta's input.
+        rows: output rows the delta covers (e.g. q and v of a fused qkv); None = all rows.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        delta: TaskDelta,
+        scale: float | None = None,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        rows: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
+        if not isinstance(delta, TaskDelta):
+            raise TypeError(f"delta must be a TaskDelta, got {type(delta).__name__}")
+        rows = None if rows is None else sorted(int(r) for r in rows)
+        if rows is not None:
+            if len(set(rows)) != len(rows) or rows[0] < 0 or rows[-1] >= base.out_features:
+                raise ValueError(
+                    f"rows must be distinct indices in [0, {base.out_features}), got {len(rows)} rows "
+                    f"spanning [{rows[0]}, {rows[-1]}]"
+                )
+            if len(rows) == base.out_features:
+                rows = None
+        d_out = base.out_features if rows is None else len(rows)
+        if delta.d_in != base.in_features or delta.d_out != d_out:
+            raise ValueError(
+                f"delta shape {delta.shape} does not fit the linear: expected (T, {d_out}, "
+                f"{base.in_features}) for {'all' if rows is None else len(rows)} rows of "
+                f"Linear({base.in_features}, {base.out_features})"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if scale is None:
+            scale = 1.0 if alpha is None else alpha / delta.rank
+        self.base = base
+        self.base.requires_grad_(False)
+        self.delta = delta
+        self.scale = float(scale)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.rows: list[int] | None = rows
+        self._runs = None if rows is None else _runs(rows)
+        self.task: TaskIndex | None = None
+        self.merged_task: int | None = None
+        self._w0: Tensor | None = None
+
+    # The host model may read these off what used to be an nn.Linear.
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base.bias
+
+    @property
+    def num_tasks(self) -> int:
+        return self.delta.num_tasks
+
+    @property
+    def merged(self) -> bool:
+        return self.merged_task is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base(x)
+        if self.merged_task is not None:
+            if isinstance(self.task, int) and self.task != self.merged_task:
+                raise RuntimeError(
+                    f"layer is merged for task {self.merged_task} but task {self.task} was routed; "
+                    "call unmerge() first"
+                )
+            return y
+        if self.task is None:
+            raise RuntimeError(
+                "no task routed to this TaskLinear: call set_task(model, task) or use "
+                "`with task_scope(model, task):` before the forward"
+            )
+        d = self.delta(self.dropout(x), self.task)
+        return self._add_rows(y, d, self.scale)
+
+    def _add_rows(self, y: Tensor, d: Tensor, scale: float) -> Tensor:
+        """y: (..., d_out_full) + scale * d: (..., d_out) placed in `rows`."""
+        d = d.to(y.dtype)
+        if self._runs is None:
+            return torch.add(y, d, alpha=scale)
+        pieces, start, offset = [], 0, 0
+        for lo, hi in self._runs:
+            if lo > start:
+                pieces.append(y[..., start:lo])
+            pieces.append(torch.add(y[..., lo:hi], d[..., offset : offset + hi - lo], alpha=scale))
+            offset += hi - lo
+            start = hi
+        if start < y.shape[-1]:
+            pieces.append(y[..., start:])
+        return torch.cat(pieces, dim=-1)
+
+    # ----------------------------------------------------------------- merge / unmerge
+    @torch.no_grad()
+    def merge(self, task: int) -> None:
+        """Fold `scale * delta[task]` into W0 (one plain linear per forward afterwards)."""
+        check_task_index(task, self.delta.num_tasks)
+        if self.merged_task is not None:
+            if self.merged_task == task:
+                return
+            self.unmerge()
+        self._w0 = self.base.weight.detach().clone()
+        update = self.delta.matrix(task).to(self.base.weight.dtype) * self.scale
+        if self.rows is None:
+            self.base.weight.add_(update)
+        else:
+            rows = torch.tensor(self.rows, device=update.device)
+            self.base.weight.index_add_(0, rows, update)
+        self.merged_task = task
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore W0 bit-exactly from the copy taken by `merge`."""
+        if self.merged_task is None:
+            return
+        self.base.weight.copy_(self._w0)
+        self._w0 = None
+        self.merged_task = None
+
+    def extra_repr(self) -> str:
+        rows = "all" if self.rows is None else f"{len(self.rows)} of {self.base.out_features}"
+        merged = f", merged_task={self.merged_task}" if self.merged else ""
+        return f"scale={self.scale:g}, rows={rows}{merged}"
+
