@@ -1,0 +1,136 @@
+"""Checkpoints that are never half-written nor half-loaded.
+
+File format (one file, so a rename makes it appear atomically)::
+
+    b"TADAPT-CKPT\\n"  magic
+    b"<64 hex chars>\\n"  sha256 of the payload
+    b"<decimal length>\\n"  payload length in bytes
+    payload             torch.save bytes of a dict of tensors / plain Python data
+
+`save_checkpoint` writes to a temporary file in the same directory, fsyncs it and `os.replace`s it
+onto the target. `load_checkpoint` checks magic, length and hash before unpickling anything and raises
+`CheckpointError` naming the file otherwise; the payload is read with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_write_text",
+    "capture_rng_state", "restore_rng_state",
+]
+
+MAGIC = b"TADAPT-CKPT\n"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupted or not a tensoradapt checkpoint."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same directory and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest().encode()
+    atomic_write_bytes(path, MAGIC + digest + b"\n" + str(len(data)).encode() + b"\n" + data)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
+    if not raw.startswith(MAGIC):
+        raise CheckpointError(
+            f"checkpoint {path} is not a tensoradapt training checkpoint (bad header; {len(raw)} bytes)"
+        )
+    rest = raw[len(MAGIC):]
+    try:
+        digest, length, data = rest.split(b"\n", 2)
+        length = int(length)
+        digest = digest.decode("ascii")
+    except ValueError:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (unreadable header)") from None
+    if len(data) != length:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt: payload has {len(data)} bytes, header says {length}"
+        )
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupt: sha256 of the payload does not match its header")
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # hash matched, so this is a version/format problem, not a damaged file
+        raise CheckpointError(f"checkpoint {path} could not be unpickled: {e}") from e
+
+
+# ---- RNG state --------------------------------------------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU + every CUDA device) RNG states as weights_only-loadable data."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
