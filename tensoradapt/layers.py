@@ -139,14 +139,14 @@ class TaskLinear(nn.Module):
                 "no task routed to this TaskLinear: call set_task(model, task) or use "
                 "`with task_scope(model, task):` before the forward"
             )
-        d = self.delta(self.dropout(x), self.task)
-        return self._add_rows(y, d, self.scale)
+        if self._runs is None:
+            # fused: the delta's up-projection accumulates straight into the frozen GEMM's output
+            return self.delta.add_to_(y, self.dropout(x), self.task, self.scale)
+        return self._add_rows(y, self.delta(self.dropout(x), self.task), self.scale)
 
     def _add_rows(self, y: Tensor, d: Tensor, scale: float) -> Tensor:
-        """y: (..., d_out_full) + scale * d: (..., d_out) placed in `rows`."""
+        """y: (..., d_out_full) + scale * d: (..., d_out) placed in `rows` (a subset of the outputs)."""
         d = d.to(y.dtype)
-        if self._runs is None:
-            return torch.add(y, d, alpha=scale)
         pieces, start, offset = [], 0, 0
         for lo, hi in self._runs:
             if lo > start:

@@ -140,3 +140,28 @@ def test_forward_never_materialises_a_weight_sized_tensor():
                 if s:
                     sizes.append(int(np.prod(s)))
         assert max(sizes) < shape[1] * shape[2], (decomp, max(sizes))
+
+
+@given(spec=shapes_and_ranks(), dtype=st.sampled_from(DTYPES), b=st.integers(1, 3), k=st.integers(1, 3),
+       scale=st.floats(-2, 2), seed=st.integers(0, 99))
+def test_fused_add_to_equals_base_plus_scaled_delta(spec, dtype, b, k, scale, seed):
+    decomp, shape, ranks = spec
+    delta = build(decomp, shape, ranks, dtype, seed)
+    x = torch.randn(b * k, 2, shape[2], dtype=dtype)
+    y = torch.randn(b * k, 2, shape[1], dtype=dtype)
+    ids = torch.arange(b) % shape[0]
+    for task in (ids, shape[0] - 1):
+        torch.testing.assert_close(delta.add_to_(y.clone(), x, task, scale), y + scale * delta(x, task),
+                                   **TOL[dtype])
+
+
+def test_fused_add_to_under_bf16_autocast_and_through_autograd():
+    delta = build("tucker", (3, 16, 8), (2, 4, 4), torch.float32)
+    base = torch.nn.Linear(8, 16)
+    x = torch.randn(4, 8, requires_grad=True)
+    ids = torch.tensor([0, 1, 2, 1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = delta.add_to_(base(x), x, ids, 0.5)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad is not None and delta.core.grad is not None and torch.isfinite(delta.core.grad).all()

@@ -3,13 +3,15 @@
     python experiments/benchmarks/bench_deltas.py            # d_in 1024, d_out 3072, T=3, 4096 tokens
     python experiments/benchmarks/bench_deltas.py --tokens 1024 --repeats 5   # quicker
 
-Every variant runs forward + backward (gradients w.r.t. the input always flow, as inside a network;
-w.r.t. the delta factors when there is a delta). Variants are interleaved in one process; the table
-reports medians and ratios of medians:
+Every variant runs forward + backward (gradients w.r.t. the delta factors when there is a delta; w.r.t.
+the input too with --input-grad, as for a layer deep inside a network, which adds one frozen GEMM to
+every variant). Variants are interleaved in one process; the table reports medians and ratios of medians:
 - delta_speedup   = materialised delta alone / factored delta alone      (target >= 5)
 - layer_speedup   = materialising adapted layer / our adapted layer      (target >= 2)
 - vs_frozen       = our adapted layer / frozen nn.Linear alone           (target <= 1.25)
 - mixed_vs_split  = one mixed-task batch / the same samples as per-task batches (target <= 1.05)
+- fused_gain      = adapted layer computing `y + scale * delta(x)` / ours, which accumulates the delta's
+                    up-projection into the frozen GEMM's output in place (`addmm_`)
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def main(argv=None) -> dict:
     p.add_argument("--tokens", type=int, default=4096, help="tokens per step (split into 4 samples)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--decomps", default=",".join(RANKS))
+    p.add_argument("--input-grad", action="store_true", help="also back-propagate to the layer input")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/benchmarks/bench_deltas.json")
     args = p.parse_args(argv)
@@ -50,7 +53,7 @@ def main(argv=None) -> dict:
 
     def step(fn):
         def run():
-            xi = x.detach().requires_grad_(True)
+            xi = x.detach().requires_grad_(args.input_grad)
             fn(xi).sum().backward()
         return run
 
@@ -70,6 +73,9 @@ def main(argv=None) -> dict:
             w = layer.base.weight + layer.scale * layer.delta.to_tensor()[1]
             return F.linear(xi, w, layer.base.bias)
 
+        def unfused(xi, layer=layer):
+            return layer.base(xi) + layer.scale * layer.delta(xi, 1)
+
         def mixed(xi, layer=layer):
             layer.task = ids
             y = layer(xi)
@@ -88,6 +94,7 @@ def main(argv=None) -> dict:
 
         variants[f"{decomp}/adapted"] = step(layer)
         variants[f"{decomp}/materialising"] = step(materialising)
+        variants[f"{decomp}/unfused"] = step(unfused)
         variants[f"{decomp}/delta_factored"] = step(lambda xi, d=delta: d(xi, 1))
         variants[f"{decomp}/delta_materialised"] = step(lambda xi, d=delta: xi @ d.to_tensor()[1].T)
         variants[f"{decomp}/mixed"] = step(mixed)
@@ -107,8 +114,9 @@ def main(argv=None) -> dict:
             "layer_speedup": med[f"{decomp}/materialising"] / med[f"{decomp}/adapted"],
             "vs_frozen": med[f"{decomp}/adapted"] / med["frozen"],
             "mixed_vs_split": med[f"{decomp}/mixed"] / med[f"{decomp}/split"],
+            "fused_gain": med[f"{decomp}/unfused"] / med[f"{decomp}/adapted"],
         })
-    print(f"\nforward+backward, x: ({samples}, {args.tokens // samples}, {d_in}) -> {d_out}, T={T}, "
+    print(f"\nforward+backward{' (input grad)' if args.input_grad else ''}, x: ({samples}, {args.tokens // samples}, {d_in}) -> {d_out}, T={T}, "
           f"{args.device}, {torch.get_num_threads()} threads, medians of {args.repeats}")
     table = print_table(rows, list(rows[0]))
     payload = {"args": vars(args), "machine": machine_info(), "timings": timings, "rows": rows, "table": table}

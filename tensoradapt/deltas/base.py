@@ -93,12 +93,15 @@ class TaskDelta(nn.Module, ABC):
         """Re-initialise so that the delta is exactly zero."""
 
     @abstractmethod
-    def _forward_task(self, x: Tensor, task: int) -> Tensor:
-        """x: (..., d_in) -> (..., d_out) for one task."""
+    def _down(self, x: Tensor, task: int | Tensor) -> Tensor:
+        """Project to the bottleneck and mix in the task.
+
+        int task: x (..., d_in) -> (..., r); per-sample ids (B,): x (B, n, d_in) -> (B, n, r).
+        """
 
     @abstractmethod
-    def _forward_per_sample(self, x: Tensor, ids: Tensor) -> Tensor:
-        """x: (B, n, d_in), ids: (B,) -> (B, n, d_out)."""
+    def _up(self, task: int | Tensor) -> Tensor:
+        """The up-projection factor: (d_out, r) shared by the batch, or (B, d_out, r) per sample."""
 
     @abstractmethod
     def to_tensor(self) -> Tensor:
@@ -121,6 +124,30 @@ class TaskDelta(nn.Module, ABC):
 
     def forward(self, x: Tensor, task: TaskIndex) -> Tensor:
         """x: (B', ..., d_in) -> (B', ..., d_out); `task` an int or per-sample ids (B,) with B' = k B."""
+        h, up, task = self._project(x, task)
+        if up.dim() == 2:
+            return h @ up.T
+        return torch.bmm(h, up.transpose(1, 2)).reshape(*x.shape[:-1], self.d_out)
+
+    def add_to_(self, y: Tensor, x: Tensor, task: TaskIndex, scale: float = 1.0) -> Tensor:
+        """`y += scale * delta(x, task)` in place, fused into the up-projection GEMM (returns y).
+
+        y: (B', ..., d_out), x: (B', ..., d_in). Saves the `(..., d_out)` temporary and the separate add
+        that `y + scale * delta(x)` costs; `y` must be a tensor autograd allows to modify in place
+        (e.g. the fresh output of the frozen linear).
+        """
+        h, up, task = self._project(x, task)
+        h, up = h.to(y.dtype), up.to(y.dtype)  # in-place ops are not autocast
+        if not y.is_contiguous():
+            y = y.contiguous()
+        if up.dim() == 2:
+            y.view(-1, self.d_out).addmm_(h.reshape(-1, h.shape[-1]), up.T, alpha=scale)
+        else:
+            y.view(up.shape[0], -1, self.d_out).baddbmm_(h, up.transpose(1, 2), alpha=scale)
+        return y
+
+    def _project(self, x: Tensor, task: TaskIndex) -> tuple[Tensor, Tensor, TaskIndex]:
+        """Validate, route, and return the bottleneck activations and the up factor."""
         if x.shape[-1] != self.d_in:
             raise ValueError(
                 f"input last dim must be d_in={self.d_in}, got x of shape {tuple(x.shape)}"
@@ -129,16 +156,20 @@ class TaskDelta(nn.Module, ABC):
             task = int(task)
         check_task_index(task, self.num_tasks)
         if isinstance(task, int):
-            return self._forward_task(x, task)
+            return self._down(x, task), self._up(task), task
         num = task.shape[0]
         if x.dim() < 2 or x.shape[0] % num:
             raise ValueError(
                 f"{num} per-sample task ids do not divide the batch: x has leading dim "
                 f"{x.shape[0] if x.dim() else 0} (expected a multiple k*{num}, sample-major)"
             )
+        ids = task.to(x.device).long()
         # Sample-major: rows [i*k, (i+1)*k) of x belong to sample i, so a reshape groups them.
-        y = self._forward_per_sample(x.reshape(num, -1, self.d_in), task.to(x.device).long())
-        return y.reshape(*x.shape[:-1], self.d_out)
+        h = self._down(x.reshape(num, -1, self.d_in), ids)
+        up = self._up(ids)
+        if up.dim() == 2:  # shared up factor: the per-sample part is done, restore x's layout
+            h = h.reshape(*x.shape[:-1], h.shape[-1])
+        return h, up, ids
 
     @property
     def num_parameters(self) -> int:

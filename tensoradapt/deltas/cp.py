@@ -48,12 +48,14 @@ class CPDelta(TaskDelta):
         with torch.no_grad():
             self.task_factor.zero_()
 
-    def _forward_task(self, x: Tensor, task: int) -> Tensor:
-        return ((x @ self.in_factor) * self.task_factor[task]) @ self.out_factor.T
+    def _down(self, x: Tensor, task: int | Tensor) -> Tensor:
+        h = x @ self.in_factor
+        if isinstance(task, int):
+            return h * self.task_factor[task]
+        return h * self.task_factor[task].unsqueeze(1)
 
-    def _forward_per_sample(self, x: Tensor, ids: Tensor) -> Tensor:
-        h = (x @ self.in_factor) * self.task_factor[ids].unsqueeze(1)
-        return h @ self.out_factor.T
+    def _up(self, task: int | Tensor) -> Tensor:
+        return self.out_factor
 
     def matrix(self, task: int) -> Tensor:
         check_task_index(task, self.num_tasks)

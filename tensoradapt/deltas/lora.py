@@ -58,12 +58,13 @@ class LoRADelta(TaskDelta):
         with torch.no_grad():
             self.B.zero_()
 
-    def _forward_task(self, x: Tensor, task: int) -> Tensor:
-        return (x @ self.A[task].T) @ self.B[task].T
+    def _down(self, x: Tensor, task: int | Tensor) -> Tensor:
+        if isinstance(task, int):
+            return x @ self.A[task].T
+        return torch.bmm(x, self.A[task].transpose(1, 2))
 
-    def _forward_per_sample(self, x: Tensor, ids: Tensor) -> Tensor:
-        h = torch.bmm(x, self.A[ids].transpose(1, 2))
-        return torch.bmm(h, self.B[ids].transpose(1, 2))
+    def _up(self, task: int | Tensor) -> Tensor:
+        return self.B[task]
 
     def matrix(self, task: int) -> Tensor:
         check_task_index(task, self.num_tasks)
@@ -96,11 +97,11 @@ class SharedLoRADelta(LoRADelta):
         with torch.no_grad():
             self.B.zero_()
 
-    def _forward_task(self, x: Tensor, task: int) -> Tensor:
-        return (x @ self.A.T) @ self.B.T
+    def _down(self, x: Tensor, task: int | Tensor) -> Tensor:
+        return x @ self.A.T
 
-    def _forward_per_sample(self, x: Tensor, ids: Tensor) -> Tensor:
-        return self._forward_task(x, 0)
+    def _up(self, task: int | Tensor) -> Tensor:
+        return self.B
 
     def matrix(self, task: int) -> Tensor:
         check_task_index(task, self.num_tasks)

@@ -63,13 +63,13 @@ class TTDelta(TaskDelta):
         """`sum_a G1[0, t, a] G2[a]` for every task: (T, d_out, r2)."""
         return torch.einsum("ta,aob->tob", self.task_core[0], self.out_core)
 
-    def _forward_task(self, x: Tensor, task: int) -> Tensor:
-        out_t = torch.einsum("a,aob->ob", self.task_core[0, task], self.out_core)
-        return (x @ self.in_core[:, :, 0].T) @ out_t.T
+    def _down(self, x: Tensor, task: int | Tensor) -> Tensor:
+        return x @ self.in_core[:, :, 0].T  # (..., r2), shared by all tasks
 
-    def _forward_per_sample(self, x: Tensor, ids: Tensor) -> Tensor:
-        h = x @ self.in_core[:, :, 0].T  # (B, n, r2), shared
-        return torch.bmm(h, self.task_out_factors()[ids].transpose(1, 2))
+    def _up(self, task: int | Tensor) -> Tensor:
+        if isinstance(task, int):
+            return torch.einsum("a,aob->ob", self.task_core[0, task], self.out_core)
+        return self.task_out_factors()[task]  # (B, d_out, r2)
 
     def matrix(self, task: int) -> Tensor:
         check_task_index(task, self.num_tasks)

@@ -54,14 +54,15 @@ class TuckerDelta(TaskDelta):
         """`core_t` for every task: (T, r_out, r_in)."""
         return torch.einsum("tk,kor->tor", self.task_factor, self.core)
 
-    def _forward_task(self, x: Tensor, task: int) -> Tensor:
-        core_t = torch.einsum("k,kor->or", self.task_factor[task], self.core)
-        return ((x @ self.in_factor) @ core_t.T) @ self.out_factor.T
+    def _down(self, x: Tensor, task: int | Tensor) -> Tensor:
+        h = x @ self.in_factor  # shared projection, (..., r_in)
+        if isinstance(task, int):
+            core_t = torch.einsum("k,kor->or", self.task_factor[task], self.core)
+            return h @ core_t.T
+        return torch.bmm(h, self.task_cores()[task].transpose(1, 2))  # gather only (B, r_out, r_in)
 
-    def _forward_per_sample(self, x: Tensor, ids: Tensor) -> Tensor:
-        cores = self.task_cores()[ids]  # (B, r_out, r_in): the only per-sample gather
-        h = torch.bmm(x @ self.in_factor, cores.transpose(1, 2))
-        return h @ self.out_factor.T
+    def _up(self, task: int | Tensor) -> Tensor:
+        return self.out_factor
 
     def matrix(self, task: int) -> Tensor:
         check_task_index(task, self.num_tasks)
