@@ -3,12 +3,14 @@
 `TuckerDelta.from_tensor(dense, ranks)` (and the same on every delta class) compresses T separately
 fine-tuned updates `dense: (T, d_out, d_in)` into one factorised delta: HOOI for Tucker, CP-ALS for
 CP, TT-SVD for TT and a truncated SVD for the LoRA baselines. tensorly is used here only, never in a
-forward pass. The fit runs in float64 on the CPU with tensorly's pytorch backend (restored afterwards).
+forward pass. The fit runs in float64 on the CPU with tensorly's numpy backend (the caller's backend is
+restored afterwards).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,52 +49,52 @@ def _check_dense(dense: Tensor) -> Tensor:
 
 def fit_delta(
     cls: type["TaskDelta"], dense: Tensor, ranks, n_iter_max: int = 500, tol: float = 1e-12,
-    random_state: int = 0,
+    random_state: int = 0, n_restarts: int = 0,
 ) -> tuple["TaskDelta", float]:
     """Fit a `cls` delta of the given ranks to `dense: (T, d_out, d_in)`.
 
-    Returns `(delta, relative_error)`; the delta has `dense`'s dtype and device.
+    `n_restarts` extra random-init CP-ALS runs are tried after the SVD-initialised one (CP only; the
+    best fit wins). Returns `(delta, relative_error)`; the delta has `dense`'s dtype and device.
     """
+    import warnings
+
     import tensorly as tl
     from tensorly.decomposition import parafac, tensor_train, tucker
 
     x = _check_dense(dense)
+    xn = x.numpy()
     delta = cls(shape=tuple(x.shape), ranks=ranks).double()
-    T, d_out, d_in = x.shape
-    with tl.backend_context("pytorch"), torch.no_grad():
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    with tl.backend_context("numpy"), torch.no_grad(), warnings.catch_warnings():
+        # tensorly warns when a requested rank exceeds a mode; we pad such modes with zeros ourselves
+        warnings.filterwarnings("ignore", message=".*n_eigenvecs.*")
         if delta.decomp == "tucker":
             fit_ranks = [min(r, n) for r, n in zip(delta.ranks, x.shape)]
             core, (u_t, u_o, u_i) = tucker(
-                x, rank=fit_ranks, n_iter_max=n_iter_max, tol=tol, random_state=random_state
+                xn, rank=fit_ranks, n_iter_max=n_iter_max, tol=tol, random_state=random_state
             )
-            delta.core.copy_(_pad(core, delta.core.shape))
-            delta.task_factor.copy_(_pad(u_t, delta.task_factor.shape))
-            delta.out_factor.copy_(_pad(u_o, delta.out_factor.shape))
-            delta.in_factor.copy_(_pad(u_i, delta.in_factor.shape))
+            delta.core.copy_(_pad(t(core), delta.core.shape))
+            delta.task_factor.copy_(_pad(t(u_t), delta.task_factor.shape))
+            delta.out_factor.copy_(_pad(t(u_o), delta.out_factor.shape))
+            delta.in_factor.copy_(_pad(t(u_i), delta.in_factor.shape))
         elif delta.decomp == "cp":
             best = None
-            for init in ("svd", "random", "random"):
-                try:
-                    cp = parafac(
-                        x, rank=delta.ranks, n_iter_max=n_iter_max, init=init, tol=tol,
-                        random_state=random_state if best is None else random_state + 1,
-                    )
-                except Exception:  # svd init needs R <= the mode sizes; fall back to random
-                    continue
-                err = relative_error(x, tl.cp_to_tensor(cp))
+            inits = ["svd" if delta.ranks <= min(x.shape) else "random"] + ["random"] * n_restarts
+            for k, init in enumerate(inits):
+                cp = parafac(xn, rank=delta.ranks, n_iter_max=n_iter_max, init=init, tol=tol,
+                             random_state=random_state + k)
+                err = relative_error(x, t(tl.cp_to_tensor(cp)))
                 if best is None or err < best[0]:
                     best = (err, cp)
-                if err < 1e-10:
-                    break
             weights, (a_t, a_o, a_i) = best[1]
-            delta.task_factor.copy_(a_t * weights)
-            delta.out_factor.copy_(a_o)
-            delta.in_factor.copy_(a_i)
+            delta.task_factor.copy_(t(a_t * weights))
+            delta.out_factor.copy_(t(a_o))
+            delta.in_factor.copy_(t(a_i))
         elif delta.decomp == "tt":
-            g1, g2, g3 = tensor_train(x, rank=[1, *delta.ranks, 1])
-            delta.task_core.copy_(_pad(g1, delta.task_core.shape))
-            delta.out_core.copy_(_pad(g2, delta.out_core.shape))
-            delta.in_core.copy_(_pad(g3, delta.in_core.shape))
+            g1, g2, g3 = tensor_train(xn, rank=[1, *delta.ranks, 1])
+            delta.task_core.copy_(_pad(t(g1), delta.task_core.shape))
+            delta.out_core.copy_(_pad(t(g2), delta.out_core.shape))
+            delta.in_core.copy_(_pad(t(g3), delta.in_core.shape))
         elif delta.decomp == "lora":
             r = delta.ranks
             u, s, vh = torch.linalg.svd(x, full_matrices=False)
