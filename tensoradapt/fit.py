@@ -79,7 +79,7 @@ def fit_delta(
             delta.in_factor.copy_(_pad(t(u_i), delta.in_factor.shape))
         elif delta.decomp == "cp":
             best = None
-            inits = ["svd" if delta.ranks <= min(x.shape) else "random"] + ["random"] * n_restarts
+            inits = ["svd"] + ["random"] * n_restarts  # tensorly pads an SVD init beyond a mode with random columns
             for k, init in enumerate(inits):
                 cp = parafac(xn, rank=delta.ranks, n_iter_max=n_iter_max, init=init, tol=tol,
                              random_state=random_state + k)
