@@ -9,7 +9,7 @@ from .deltas import (
 )
 from .inject import (
     AdapterConfig, adapt, adapter_state_dict, count_parameters, enable_task_kwarg,
-    load_adapter, load_adapter_state_dict, mark_trainable, merge_adapters, save_adapter, set_task,
+    load_adapter, load_adapter_state_dict, mark_trainable, merge_adapters, save_adapter, set_merged_inference, set_task,
     task_deltas, task_linears, task_scope, trainable_parameters_report, unmerge_adapters,
 )
 from .layers import TaskLinear, qkv_rows
@@ -22,6 +22,6 @@ __all__ = [
     "DELTA_CLASSES", "make_delta", "parse_ranks", "TaskLinear", "qkv_rows", "AdapterConfig", "adapt",
     "set_task", "task_scope", "enable_task_kwarg", "mark_trainable", "count_parameters",
     "trainable_parameters_report", "adapter_state_dict", "load_adapter_state_dict", "save_adapter",
-    "load_adapter", "merge_adapters", "unmerge_adapters", "task_linears", "task_deltas",
+    "load_adapter", "merge_adapters", "unmerge_adapters", "set_merged_inference", "task_linears", "task_deltas",
     "orthogonality_penalty", "gram_deviation", "__version__",
 ]

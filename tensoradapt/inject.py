@@ -20,7 +20,7 @@ __all__ = [
     "AdapterConfig", "adapt", "task_linears", "task_deltas", "set_task", "task_scope",
     "enable_task_kwarg", "mark_trainable", "count_parameters", "trainable_parameters_report",
     "adapter_state_dict", "load_adapter_state_dict", "save_adapter", "load_adapter",
-    "merge_adapters", "unmerge_adapters",
+    "merge_adapters", "unmerge_adapters", "set_merged_inference",
 ]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -357,3 +357,16 @@ def merge_adapters(model: nn.Module, task: int) -> None:
 def unmerge_adapters(model: nn.Module) -> None:
     for _, layer in task_linears(model):
         layer.unmerge()
+
+
+def set_merged_inference(model: nn.Module, enabled: bool = True) -> None:
+    """Under `torch.no_grad()`, run adapted layers with cached per-task merged weights.
+
+    A forward then costs the plain model's GEMMs for every task (mixed-task batches run one GEMM per
+    run of same-task samples). The cache holds T weights per layer and is rebuilt whenever a parameter
+    changes (an optimiser step, `load_state_dict`). Training forwards (grad enabled) are unaffected.
+    """
+    for _, layer in task_linears(model):
+        layer.merged_inference = enabled
+        if not enabled:
+            layer._cache = None

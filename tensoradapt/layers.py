@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .deltas.base import TaskDelta, TaskIndex, check_task_index
 
@@ -99,6 +100,9 @@ class TaskLinear(nn.Module):
         self.task: TaskIndex | None = None
         self.merged_task: int | None = None
         self._w0: Tensor | None = None
+        # opt-in inference path: per-task merged weights, rebuilt when any parameter changes
+        self.merged_inference = False
+        self._cache: tuple[tuple, Tensor] | None = None
 
     # The host model may read these off what used to be an nn.Linear.
     @property
@@ -126,6 +130,10 @@ class TaskLinear(nn.Module):
         return self.merged_task is not None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.merged_inference and self.merged_task is None and not torch.is_grad_enabled():
+            if self.task is None:
+                raise RuntimeError("no task routed to this TaskLinear: call set_task(model, task) first")
+            return self._forward_merged(x, self.task)
         y = self.base(x)
         if self.merged_task is not None:
             if isinstance(self.task, int) and self.task != self.merged_task:
@@ -157,6 +165,49 @@ class TaskLinear(nn.Module):
         if start < y.shape[-1]:
             pieces.append(y[..., start:])
         return torch.cat(pieces, dim=-1)
+
+    # ----------------------------------------------------------------- merged inference
+    def _cache_key(self) -> tuple:
+        params = [self.base.weight, *self.delta.parameters()]
+        return (self.scale, *((p._version, p.data_ptr(), p.dtype, p.device) for p in params))
+
+    @torch.no_grad()
+    def merged_weights(self) -> Tensor:
+        """`W0 + scale * delta[t]` for every task, (T, d_out_full, d_in); cached until a parameter changes.
+
+        Materialises T weights (T times the layer's weight memory): an inference-only trade.
+        """
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            update = self.delta.to_tensor().to(self.base.weight.dtype) * self.scale
+            w = self.base.weight.detach().unsqueeze(0).repeat(self.delta.num_tasks, 1, 1)
+            if self.rows is None:
+                w += update
+            else:
+                w[:, torch.tensor(self.rows, device=w.device)] += update
+            self._cache = (key, w)
+        return self._cache[1]
+
+    def _forward_merged(self, x: Tensor, task: TaskIndex) -> Tensor:
+        """Inference with per-task merged weights: each run of same-task samples is one plain linear."""
+        weights, bias = self.merged_weights(), self.base.bias
+        if isinstance(task, Tensor) and task.dim() == 0:
+            task = int(task)
+        check_task_index(task, self.delta.num_tasks)
+        if isinstance(task, int):
+            return F.linear(x, weights[task], bias)
+        ids = task.tolist()  # a host sync, acceptable on the no-grad inference path
+        if x.shape[0] % len(ids):
+            raise ValueError(
+                f"{len(ids)} per-sample task ids do not divide the batch: x has leading dim {x.shape[0]}"
+            )
+        k = x.shape[0] // len(ids)
+        pieces, start = [], 0
+        for end in range(1, len(ids) + 1):  # runs of equal consecutive ids (task-major batches: T runs)
+            if end == len(ids) or ids[end] != ids[start]:
+                pieces.append(F.linear(x[start * k:end * k], weights[ids[start]], bias))
+                start = end
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     # ----------------------------------------------------------------- merge / unmerge
     @torch.no_grad()

@@ -228,3 +228,38 @@ def test_orthogonality_penalty_reaches_every_delta_and_has_gradients():
     pen.backward()
     assert all(d.in_factor.grad is not None for _, d in ta.task_deltas(model))
     assert ta.orthogonality_penalty(mlp()).item() == 0.0
+
+
+@pytest.mark.parametrize("decomp", DECOMPS)
+def test_merged_inference_matches_the_factored_forward_and_tracks_updates(decomp):
+    model = ta.adapt(mlp(), ["0", "2"], decomp=decomp, num_tasks=3, ranks=RANKS[decomp], qkv=None)
+    randomize_model_deltas(model)
+    x = torch.randn(6, 12)
+    ids = torch.tensor([0, 0, 2, 2, 1, 0])  # runs of equal ids, as a task-major batch has
+    with torch.no_grad(), ta.task_scope(model, ids):
+        expected = model(x)
+        ta.set_merged_inference(model)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+        layer = model[0]
+        w = layer.merged_weights()
+        assert layer.merged_weights() is w  # cached
+        next(layer.delta.parameters()).add_(0.5)  # an in-place update (as an optimiser step) invalidates
+        assert layer.merged_weights() is not w
+        ta.set_merged_inference(model, False)
+        expected = model(x)
+        ta.set_merged_inference(model)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    with ta.task_scope(model, ids):  # grad enabled: the training path, gradients reach the deltas
+        model(x).sum().backward()
+    assert all(p.grad is not None for _, d in ta.task_deltas(model) for p in d.parameters())
+
+
+def test_merged_inference_runs_one_plain_linear_per_task_run():
+    model = ta.adapt(mlp(), ["0"], decomp="tucker", num_tasks=3, ranks=(2, 3, 3))
+    ta.set_merged_inference(model)
+    with torch.no_grad(), ta.task_scope(model, torch.tensor([0, 0, 1, 1, 2, 2])):
+        model(torch.randn(6, 12))  # builds the cache
+        with torch.profiler.profile() as prof:
+            model[0](torch.randn(6, 12))
+    ops = [e.name for e in prof.events()]
+    assert ops.count("aten::linear") == 3 and "aten::bmm" not in ops
