@@ -263,3 +263,12 @@ def test_merged_inference_runs_one_plain_linear_per_task_run():
             model[0](torch.randn(6, 12))
     ops = [e.name for e in prof.events()]
     assert ops.count("aten::linear") == 3 and "aten::bmm" not in ops
+
+
+@pytest.mark.parametrize("decomp", DECOMPS)
+def test_task_routing_causes_no_graph_break_under_torch_compile(decomp):
+    model = ta.adapt(mlp(), ["0", "2"], decomp=decomp, num_tasks=3, ranks=RANKS[decomp])
+    ta.set_task(model, torch.tensor([0, 1, 2, 0]))
+    explanation = torch._dynamo.explain(model)(torch.randn(8, 12))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
