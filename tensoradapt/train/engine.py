@@ -139,12 +139,15 @@ class _ShardSampler(Sampler[int]):
 
 
 def _meter_reduction(meter: Any) -> str | None:
+    """How a meter's statistics are summed across ranks:
+    `all_reduce()` (the meter does it), `state()` -> tensor / `load_state(tensor)` (tensoradapt.mtl),
+    `state_dict()` -> {name: tensor} / `load_state_dict(...)`; None: not reducible."""
     if hasattr(meter, "all_reduce"):
         return "all_reduce"
+    if callable(getattr(meter, "state", None)) and hasattr(meter, "load_state"):
+        return "tensor"
     if hasattr(meter, "state_dict") and hasattr(meter, "load_state_dict"):
-        return "state"
-    if hasattr(meter, "merge"):
-        return "merge"
+        return "state_dict"
     return None
 
 
@@ -602,25 +605,20 @@ class Trainer:
             metrics = broadcast_object(metrics)
         return metrics
 
+    def _sum_across_ranks(self, t: Tensor) -> Tensor:
+        dt = t.dtype
+        buf = t.detach().to(torch.float64 if dt.is_floating_point else torch.int64).clone()
+        buf = buf.to(self.device) if self.device.type == "cuda" else buf
+        dist.all_reduce(buf)
+        return buf.cpu().to(dt)
+
     def _reduce_meters(self, meters: Mapping[str, Any]) -> None:
         for meter in meters.values():
             mode = _meter_reduction(meter)
             if mode == "all_reduce":
                 meter.all_reduce()
-            elif mode == "state":
-                state = meter.state_dict()
-                reduced = {}
-                for k, v in state.items():
-                    t = torch.as_tensor(v)
-                    dt = t.dtype
-                    buf = t.detach().to(torch.float64 if dt.is_floating_point else torch.int64)
-                    buf = buf.to(self.device) if self.device.type == "cuda" else buf.clone()
-                    dist.all_reduce(buf)
-                    reduced[k] = buf.cpu().to(dt)
-                meter.load_state_dict(reduced)
-            elif mode == "merge":
-                gathered = all_gather_object(meter)
-                merged = gathered[0]
-                for other in gathered[1:]:
-                    merged.merge(other)
-                meter.__dict__.update(merged.__dict__)
+            elif mode == "tensor":
+                meter.load_state(self._sum_across_ranks(torch.as_tensor(meter.state())))
+            elif mode == "state_dict":
+                meter.load_state_dict({k: self._sum_across_ranks(torch.as_tensor(v))
+                                       for k, v in meter.state_dict().items()})

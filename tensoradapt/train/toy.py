@@ -50,14 +50,16 @@ class ToyMultiTaskNet(nn.Module):
 
 
 class _SumMeter:
+    """Sums of per-pixel statistics; `state_dict()` / `load_state_dict()` sum across ranks."""
+
     def __init__(self, keys: list[str]) -> None:
-        self.state = {k: torch.zeros((), dtype=torch.float64) for k in keys}
+        self.stats = {k: torch.zeros((), dtype=torch.float64) for k in keys}
 
     def state_dict(self) -> dict[str, Tensor]:
-        return dict(self.state)
+        return dict(self.stats)
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.state = {k: v.detach().to(torch.float64).cpu() for k, v in state.items()}
+        self.stats = {k: v.detach().to(torch.float64).cpu() for k, v in state.items()}
 
 
 class _SegMeter(_SumMeter):
@@ -67,11 +69,11 @@ class _SegMeter(_SumMeter):
     def update(self, logits: Tensor, target: Tensor) -> None:
         valid = target >= 0
         pred = logits.argmax(1)
-        self.state["correct"] += (pred.eq(target) & valid).sum().double().cpu()
-        self.state["count"] += valid.sum().double().cpu()
+        self.stats["correct"] += (pred.eq(target) & valid).sum().double().cpu()
+        self.stats["count"] += valid.sum().double().cpu()
 
     def compute(self) -> dict[str, float]:
-        return {"acc": float(self.state["correct"] / self.state["count"].clamp_min(1))}
+        return {"acc": float(self.stats["correct"] / self.stats["count"].clamp_min(1))}
 
 
 class _RegMeter(_SumMeter):
@@ -79,11 +81,11 @@ class _RegMeter(_SumMeter):
         super().__init__(["abs_err", "count"])
 
     def update(self, logits: Tensor, target: Tensor) -> None:
-        self.state["abs_err"] += (logits.float() - target.float()).abs().sum().double().cpu()
-        self.state["count"] += float(target.numel())
+        self.stats["abs_err"] += (logits.float() - target.float()).abs().sum().double().cpu()
+        self.stats["count"] += float(target.numel())
 
     def compute(self) -> dict[str, float]:
-        return {"abs_err": float(self.state["abs_err"] / self.state["count"].clamp_min(1))}
+        return {"abs_err": float(self.stats["abs_err"] / self.stats["count"].clamp_min(1))}
 
 
 @dataclass
