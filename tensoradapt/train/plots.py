@@ -1,0 +1,129 @@
+"""Figures of a run: loss curves from the JSONL log and an image / ground truth / prediction grid.
+
+matplotlib is imported lazily (the `plot` extra) with the non-interactive Agg backend.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .jsonl import read_jsonl
+
+__all__ = ["plot_loss_curves", "plot_predictions", "to_display"]
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss_curves(log: str | Path | Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Training loss per task (and total) against the optimiser step; validation losses as markers."""
+    plt = _plt()
+    records = read_jsonl(log) if isinstance(log, (str, Path)) else list(log)
+    train = [r for r in records if r.get("event") == "train"]
+    evals = [r for r in records if r.get("event") == "eval"]
+    keys = list(dict.fromkeys(k for r in train for k in r if k.startswith("loss/")))
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.2 * (len(keys) + 1), 3.0), squeeze=False)
+    for ax, key in zip(axes[0], ["loss"] + keys):
+        xs = [r["step"] for r in train if isinstance(r.get(key), (int, float))]
+        ys = [r[key] for r in train if isinstance(r.get(key), (int, float))]
+        ax.plot(xs, ys, lw=1, label="train")
+        ex = [r["step"] for r in evals if isinstance(r.get(key), (int, float))]
+        ey = [r[key] for r in evals if isinstance(r.get(key), (int, float))]
+        if ex:
+            ax.plot(ex, ey, "o-", ms=4, label="val")
+        ax.set_title(key.replace("loss/", "") if key != "loss" else "total (weighted)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if key == "loss/orthogonality" and ys and min(ys) > 0:
+            ax.set_yscale("log")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _colorize_labels(lab: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    n = int(num_classes or max(int(lab.max()) + 1, 1))
+    rng = np.random.default_rng(3)
+    palette = rng.uniform(0.15, 1.0, size=(max(n, 1), 3))
+    out = np.zeros(lab.shape + (3,))
+    valid = lab >= 0
+    out[valid] = palette[np.clip(lab[valid], 0, n - 1)]
+    return out
+
+
+def to_display(x: Tensor, kind: str | None = None, num_classes: int | None = None,
+               vrange: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
+    """One sample as something `imshow` can draw, chosen by shape: (H, W) ints = labels, (1, H, W) =
+    a scalar map, (3, H, W) = an image or unit normals (mapped from [-1, 1] to [0, 1])."""
+    x = x.detach().float().cpu() if x.dtype.is_floating_point else x.detach().cpu()
+    if x.dim() == 2 and not x.dtype.is_floating_point:
+        return _colorize_labels(x.numpy(), num_classes), {}
+    if x.dim() == 3 and x.shape[0] == 1:
+        return x[0].numpy(), {"cmap": "viridis", **({"vmin": vrange[0], "vmax": vrange[1]} if vrange else {})}
+    if x.dim() == 3 and x.shape[0] == 3:
+        img = x.permute(1, 2, 0).numpy()
+        if kind == "normal":
+            zero = np.abs(img).sum(-1, keepdims=True) == 0
+            img = np.where(zero, 0.0, (img + 1) / 2)
+        return np.clip(img, 0, 1), {}
+    raise ValueError(f"cannot display a tensor of shape {tuple(x.shape)}")
+
+
+def plot_predictions(
+    images: Tensor, targets: Mapping[str, Tensor], predictions: Mapping[str, Tensor], path: str | Path,
+    num_classes: Mapping[str, int] | None = None, title: str = "",
+) -> Path:
+    """Rows: validation images; columns: the image, then ground truth | prediction for each task.
+
+    `predictions[t]` is already activated (labels for segmentation, values otherwise).
+    """
+    plt = _plt()
+    tasks = list(predictions)
+    n = images.shape[0]
+    cols = 1 + 2 * len(tasks)
+    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n + 0.4), squeeze=False)
+    for i in range(n):
+        img, kw = to_display(images[i])
+        axes[i][0].imshow(img, **kw)
+        if i == 0:
+            axes[i][0].set_title("image", fontsize=9)
+        for j, t in enumerate(tasks):
+            gt, pred = targets[t][i], predictions[t][i]
+            vr = None
+            if gt.dim() == 3 and gt.shape[0] == 1:  # one colour scale for depth-like maps
+                valid = gt[gt > 0] if (gt > 0).any() else gt.flatten()
+                vr = (float(valid.min()), float(valid.max()))
+            for k, (x, label) in enumerate(((gt, "ground truth"), (pred, "prediction"))):
+                ax = axes[i][1 + 2 * j + k]
+                im, kw = to_display(x, kind=t, num_classes=(num_classes or {}).get(t), vrange=vr)
+                ax.imshow(im, **kw)
+                if i == 0:
+                    ax.set_title(f"{t}: {label}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
