@@ -362,9 +362,13 @@ def compute_delta_m(metrics: dict[str, dict[str, float]], baseline: str | None, 
     from tensoradapt.mtl import delta_m
 
     base = json.loads(Path(baseline).read_text())
-    return {"value": float(delta_m(metrics, base["metrics"], tasks)), "baseline": str(baseline),
-            "baseline_decomp": base.get("config", {}).get("decomp"),
-            "baseline_ranks": base.get("config", {}).get("ranks")}
+    out = {"value": None, "baseline": str(baseline), "baseline_decomp": base.get("config", {}).get("decomp"),
+           "baseline_ranks": base.get("config", {}).get("ranks")}
+    try:
+        out["value"] = float(delta_m(metrics, base["metrics"], tasks))
+    except ValueError as e:  # another task set, or a baseline metric at 0 (relative change undefined)
+        out["error"] = str(e)
+    return out
 
 
 def write_figures(cfg: ExperimentConfig, model, tasks, val, out: Path, device) -> list[str]:
@@ -485,8 +489,10 @@ def run(cfg: ExperimentConfig, resume: bool = False) -> dict[str, Any]:
         atomic_write_text(out / RESULTS, json.dumps(results, indent=2) + "\n")
         line = "  ".join(f"{t} {m['metric']}={m['value']:.4g}" for t, m in results["main_metrics"].items()
                          if m["value"] is not None)
-        if results["delta_m"]:
+        if results["delta_m"] and results["delta_m"]["value"] is not None:
             line += f"  delta_m={results['delta_m']['value']:+.2f}% vs {results['delta_m']['baseline_decomp']}"
+        elif results["delta_m"]:
+            line += f"  delta_m undefined: {results['delta_m']['error']}"
         _log(f"done in {results['wall_time_s']:.1f}s ({summary['steps']} steps): {line}", main)
         _log(f"wrote {out / RESULTS}", main)
     cleanup_distributed()

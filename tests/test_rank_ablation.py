@@ -1,0 +1,119 @@
+"""experiments/rank_ablation.py: the grid, the table with delta-m, the plots, skipping and resuming cells.
+
+The cells here train a toy per-pixel model (sam_mtl.build_model is swapped) on a few tiny synthetic scenes,
+so the sweep machinery is tested in seconds; test_sam_mtl_cli.py and test_notebook.py run the real mSAM.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments import rank_ablation as ra  # noqa: E402
+from experiments import sam_mtl  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mini_data(tmp_path_factory) -> Path:
+    from tensoradapt.data import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("mini"), n_train=8, n_val=4, height=24, width=32, workers=1)
+
+
+def toy_build_model(cfg, tasks, checkpoint):
+    import torch
+
+    from tensoradapt import adapt, mark_trainable
+    from tensoradapt.train.toy import ToyMultiTaskNet
+
+    torch.manual_seed(cfg.seed)
+    model = ToyMultiTaskNet({n: s.channels for n, s in tasks.items()})
+    if cfg.decomp in ("full", "frozen"):
+        model.requires_grad_(cfg.decomp == "full")
+        model.heads.requires_grad_(True)
+    else:
+        adapt(model, ["fc2"], decomp=cfg.decomp, num_tasks=len(tasks), ranks=cfg.parsed_ranks())
+        mark_trainable(model, [model.heads, model.norm])
+    return model
+
+
+@pytest.fixture
+def toy_sam(monkeypatch):
+    monkeypatch.setattr(sam_mtl, "build_model", toy_build_model)
+
+
+def small_grid(data_root: Path, seeds=(0, 1)) -> ra.Grid:
+    return ra.Grid(decomps=("tucker", "lora"), levels={"tucker": (2,), "lora": (2, 4)}, task_rank=2,
+                   references=("frozen",), seeds=seeds, baseline_level=2,
+                   run=dict(epochs=1, data="nyuv2", data_root=str(data_root), image_size=(24, 32), train_size=8,
+                            val_size=4, batch_size=4, progress=False, num_figures=1, checkpoint="none",
+                            tasks=("semantic", "depth")))
+
+
+def test_grids_are_well_formed():
+    full, quick = ra.default_grid(), ra.quick_grid()
+    assert len(full.cells()) == 2 * (4 * 5 + 1)  # seeds x (5 decomps x 4 ranks + frozen)
+    assert len(set(c.name for c in full.cells())) == len(full.cells())
+    assert full.cells()[0].decomp == ra.BASELINE_DECOMP  # the baseline runs first
+    for grid in (full, quick):
+        for cell in grid.cells():  # every cell is a valid sam_mtl config
+            cfg = grid.experiment_config(cell, Path("/tmp/x"))
+            assert cfg.decomp == cell.decomp and cfg.seed == cell.seed
+    assert len(quick.cells()) <= 4
+    with pytest.raises(ValueError, match="lora"):
+        ra.Grid(decomps=("tucker",))
+    with pytest.raises(ValueError, match="baseline_level"):
+        ra.Grid(baseline_level=3)
+
+
+def test_sweep_writes_table_and_plots_then_skips_and_resumes(tmp_path, mini_data, toy_sam, monkeypatch):
+    out = tmp_path / "sweep"
+    grid = small_grid(mini_data)
+    rows = ra.run_grid(grid, out, log=lambda *_: None)
+    assert len(rows) == len(grid.cells()) == 8
+    for name in (ra.TABLE_CSV, ra.TABLE_JSON, ra.SUMMARY_CSV, ra.DM_PLOT, ra.RANK_PLOT):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / ra.DM_PLOT).read_bytes()[:4] == b"\x89PNG"
+    with open(out / ra.TABLE_CSV) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 8
+    assert {"decomp", "ranks", "seed", "trainable_params", "semantic/mIoU", "depth/abs_err",
+            "delta_m"} <= set(table[0])
+    for r in ra.load_table(out):
+        if r["decomp"] == "lora" and r["level"] == 2:
+            assert r["delta_m"] == 0.0  # the LoRA-STL baseline of its own seed
+        else:
+            assert math.isfinite(r["delta_m"])
+    by = {(r["decomp"], r["ranks"]): r for r in ra.load_table(out) if r["seed"] == 0}
+    assert by[("lora", "4")]["trainable_params"] > by[("lora", "2")]["trainable_params"]
+    summary = list(csv.DictReader(open(out / ra.SUMMARY_CSV)))
+    assert len(summary) == 4 and all(s["seeds"] == "2" for s in summary)
+
+    # Re-running skips every finished cell ...
+    calls = []
+    monkeypatch.setattr(sam_mtl, "run", lambda cfg, resume=False: calls.append((cfg.out, resume)))
+    ra.run_grid(grid, out, log=lambda *_: None)
+    assert calls == []
+    # ... and resumes an interrupted one from its last.pt.
+    cell = out / "cells" / "tucker_r2-2-2_s1"
+    (cell / sam_mtl.RESULTS).unlink()
+    ra.run_grid(grid, out, log=lambda *_: None)
+    assert calls == [(str(cell), True)]
+
+
+def test_cli_dry_run_and_errors(tmp_path, capsys):
+    assert ra.main(["--quick", "--dry-run", "--out", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == len(ra.quick_grid().cells()) and all(l.endswith("todo") for l in listed)
+    assert ra.main(["--quick", "--decomps", "tucker,svd", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "svd" in err
+    assert ra.main(["--quick", "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert "--epochs" in capsys.readouterr().err
