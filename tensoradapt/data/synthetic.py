@@ -566,8 +566,8 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     right, down = cr * right + sr * down, -sr * right + cr * down
     cam_rot = np.stack([right, down, fwd], axis=1)
 
-    other_walls = [w for w in (0, 1, 4, 5)]
-    # windows (decals on walls, never behind the camera's own wall only by chance)
+    other_walls = [0, 1, 4, 5]  # every wall may hold furniture, windows and pictures
+    # windows: flat decals on the walls
     for _ in range(int(rng.integers(0, 3))):
         wall = int(rng.choice(other_walls))
         Lw = _wall_length(room, wall)
