@@ -1,0 +1,275 @@
+"""Whole-model cost of mSAM with task deltas: training steps, inference, mixed-task batches, memory.
+
+    python experiments/benchmarks/bench_msam.py                      # tiny, 128², batch 4, T=3
+    python experiments/benchmarks/bench_msam.py --model vit_b --image-size 256 --batch 2
+    python experiments/benchmarks/bench_msam.py --model vit_b --image-size 1024 --device cuda  # on a GPU
+
+Every comparison runs side by side in one process (variants interleaved, medians of repeated runs):
+- train: one training step (forward of all T tasks, a loss, backward) per decomposition at the paper's
+  ranks, against (a) `lora` (LoRA-STL, also T task-aware encoder passes) and (b) the gradient floor:
+  the same T-pass step with the deltas switched off, gradients still flowing back through the frozen
+  encoder to its trainable LayerNorms (what any encoder adapter must pay).
+- infer: one task with its delta merged vs the plain SAM encoder; all T tasks (cached per-task merged
+  weights, and the factored path) vs T plain encoder passes.
+- mixed: one mixed-task batch of B*T samples vs a loop over tasks (encoder forward + backward).
+- memory: peak memory of one training step, adapted vs the floor (CPU: growth of the peak RSS over one
+  warmed-up step, in a fresh subprocess per variant; CUDA: torch.cuda.max_memory_allocated).
+Targets (issue 7): step <= 1.05x lora and <= 1.15x floor; merged <= 1.02x plain; all-task <= 1.05x
+T plain passes; mixed <= 1.05x the loop; peak memory <= 1.10x the floor.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from experiments.benchmarks.common import interleaved_medians, machine_info, print_table, write_json  # noqa: E402
+from tensoradapt import merge_adapters, set_merged_inference, task_linears, task_scope, unmerge_adapters  # noqa: E402
+from tensoradapt.sam import build_msam  # noqa: E402
+from tensoradapt.sam.msam import PAPER_RANKS  # noqa: E402
+
+TASKS = {"semantic": 13, "depth": 1, "normal": 3}
+DECOMPS = ("tucker", "cp", "tt", "lora", "shared-lora")
+
+
+def build(args, decomp, seed=0):
+    torch.manual_seed(seed)
+    ranks = PAPER_RANKS.get(decomp)
+    model = build_msam(args.model, TASKS, decomp=decomp, ranks=ranks, image_size=args.image_size,
+                       dropout=0.0).to(args.device)
+    # non-zero deltas so that no work is skipped or trivially zero
+    with torch.no_grad():
+        for _, layer in task_linears(model):
+            for p in layer.delta.parameters():
+                p.normal_(0, 0.02)
+    return model
+
+
+def switch_off_deltas(model):
+    """The gradient floor: every adapted layer computes its frozen base only (T passes remain)."""
+    for _, layer in task_linears(model):
+        layer.forward = layer.base.forward
+    return model
+
+
+def plain_encoder(model):
+    """A plain segment_anything ImageEncoderViT with the same frozen weights (no TaskLinear)."""
+    enc = model.config.build_image_encoder().to(args_device(model))
+    state = {}
+    for k, v in model.image_encoder.state_dict().items():
+        if ".delta." in k:
+            continue
+        state[k.replace(".qkv.base.", ".qkv.")] = v
+    enc.load_state_dict(state)
+    return enc.eval().requires_grad_(False)
+
+
+def args_device(model):
+    return next(model.parameters()).device
+
+
+def train_step(model, images):
+    def step():
+        out = model(images)
+        loss = sum(o.float().pow(2).mean() for o in out.values())
+        loss.backward()
+        for p in model.parameters():
+            p.grad = None
+    return step
+
+
+def bench_time(args) -> tuple[list[dict], dict]:
+    dev = torch.device(args.device)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(args.batch, 3, args.image_size, args.image_size, generator=g).to(dev)
+    T = len(TASKS)
+    models = {d: build(args, d).train() for d in DECOMPS}
+    floor = switch_off_deltas(build(args, "tucker").train())
+    variants = {f"train/{d}": train_step(m, images) for d, m in models.items()}
+    variants["train/floor"] = train_step(floor, images)
+
+    # inference (no grad), encoder only, on the preprocessed input
+    tucker = models["tucker"].eval()
+    x, _ = tucker.preprocess(images)
+    plain = plain_encoder(tucker)
+    enc = tucker.image_encoder
+    ids = torch.arange(T, device=dev).repeat_interleave(args.batch)
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+        return run
+
+    def merged_one():
+        with task_scope(enc, 1):
+            enc(x)
+
+    def all_tasks_factored():
+        set_merged_inference(enc, False)
+        with task_scope(enc, ids):
+            enc(x.repeat(T, 1, 1, 1))
+
+    def all_tasks_merged():
+        set_merged_inference(enc, True)
+        with task_scope(enc, ids):
+            enc(x.repeat(T, 1, 1, 1))
+        set_merged_inference(enc, False)
+
+    def plain_t():
+        for _ in range(T):
+            plain(x)
+
+    infer = {
+        "infer/plain": no_grad(lambda: plain(x)),
+        "infer/plain_xT": no_grad(plain_t),
+        "infer/all_factored": no_grad(all_tasks_factored),
+        "infer/all_merged": no_grad(all_tasks_merged),
+    }
+
+    # mixed-task batch vs loop over tasks: encoder forward + backward (train mode, tucker)
+    mixed_model = build(args, "tucker").train()
+    menc = mixed_model.image_encoder
+
+    def mixed():
+        with task_scope(menc, ids):
+            menc(x.repeat(T, 1, 1, 1)).pow(2).mean().backward()
+        for p in menc.parameters():
+            p.grad = None
+
+    def loop():
+        for t in range(T):
+            with task_scope(menc, t):
+                menc(x).pow(2).mean().div(T).backward()
+        for p in menc.parameters():
+            p.grad = None
+
+    timings = interleaved_medians({**variants, **infer, "mixed/mixed": mixed, "mixed/loop": loop},
+                                  repeats=args.repeats, device=dev)
+    # merged single task is measured alone (merging changes the shared weights of `enc`)
+    merge_adapters(enc, 1)
+    timings.update(interleaved_medians({"infer/merged_one": no_grad(merged_one),
+                                        "infer/plain_again": no_grad(lambda: plain(x))},
+                                       repeats=args.repeats, device=dev))
+    unmerge_adapters(enc)
+    med = {k: v["median_s"] for k, v in timings.items()}
+    rows = []
+    for d in DECOMPS:
+        rows.append({
+            "what": f"train step {d}", "ranks": str(PAPER_RANKS[d]), "ms": 1e3 * med[f"train/{d}"],
+            "vs lora": med[f"train/{d}"] / med["train/lora"], "vs floor": med[f"train/{d}"] / med["train/floor"],
+        })
+    rows.append({"what": "train step floor (deltas off)", "ms": 1e3 * med["train/floor"], "vs floor": 1.0})
+    rows.append({"what": "infer 1 task merged vs plain", "ms": 1e3 * med["infer/merged_one"],
+                 "ratio": med["infer/merged_one"] / med["infer/plain_again"]})
+    rows.append({"what": "infer all tasks, merged weights vs T plain", "ms": 1e3 * med["infer/all_merged"],
+                 "ratio": med["infer/all_merged"] / med["infer/plain_xT"]})
+    rows.append({"what": "infer all tasks, factored vs T plain", "ms": 1e3 * med["infer/all_factored"],
+                 "ratio": med["infer/all_factored"] / med["infer/plain_xT"]})
+    rows.append({"what": "mixed batch vs loop over tasks (fwd+bwd)", "ms": 1e3 * med["mixed/mixed"],
+                 "ratio": med["mixed/mixed"] / med["mixed/loop"]})
+    return rows, timings
+
+
+_MEMORY_CHILD = r"""
+import json, sys, torch
+sys.path.insert(0, {root!r})
+from experiments.benchmarks import bench_msam as b
+args = b.parse_args({argv!r})
+model = b.build(args, "tucker").train()
+if {floor!r}:
+    b.switch_off_deltas(model)
+images = torch.rand(args.batch, 3, args.image_size, args.image_size).to(args.device)
+step = b.train_step(model, images)
+def status_kb(key):
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith(key)).split()[1])
+if args.device.startswith("cuda"):
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+    step(); torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated() - base
+else:
+    step()  # warm-up: allocator pools and lazy inits are not the step's own memory
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+    base = status_kb("VmRSS") * 1024
+    step()
+    peak = status_kb("VmHWM") * 1024 - base
+print(json.dumps({{"peak_bytes": peak}}))
+"""
+
+
+def saved_activation_bytes(model, images) -> int:
+    """Bytes of the distinct tensors autograd saves for backward in one training forward (parameters
+    excluded): the deterministic part of a training step's peak memory."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(images)
+        loss = sum(o.float().pow(2).mean() for o in out.values())
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def bench_memory(args, argv) -> list[dict]:
+    root = str(Path(__file__).resolve().parents[2])
+    peak, saved = {}, {}
+    images = torch.rand(args.batch, 3, args.image_size, args.image_size).to(args.device)
+    for floor in (False, True):
+        name = "floor" if floor else "tucker"
+        code = _MEMORY_CHILD.format(root=root, argv=argv, floor=floor)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        peak[name] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
+        model = build(args, "tucker").train()
+        saved[name] = saved_activation_bytes(switch_off_deltas(model) if floor else model, images)
+    return [
+        {"what": "activations saved for backward, tucker vs floor", "MiB": saved["tucker"] / 2**20,
+         "floor MiB": saved["floor"] / 2**20, "ratio": saved["tucker"] / max(saved["floor"], 1)},
+        {"what": f"peak {'CUDA' if args.device.startswith('cuda') else 'RSS'} growth of a train step, tucker vs floor",
+         "MiB": peak["tucker"] / 2**20, "floor MiB": peak["floor"] / 2**20,
+         "ratio": peak["tucker"] / max(peak["floor"], 1)},
+    ]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--out", default=None, help="JSON path (default runs/benchmarks/bench_msam_<model>.json)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    rows, timings = bench_time(args)
+    if not args.skip_memory:
+        rows += bench_memory(args, argv)
+    print(f"\nmSAM {args.model} at {args.image_size}², batch {args.batch}, T={len(TASKS)}, {args.device}, "
+          f"{torch.get_num_threads()} threads, medians of {args.repeats}")
+    cols = ["what", "ranks", "ms", "vs lora", "vs floor", "ratio", "MiB", "floor MiB"]
+    table = print_table(rows, cols)
+    out = args.out or f"runs/benchmarks/bench_msam_{args.model}.json"
+    write_json(out, {"args": vars(args), "machine": machine_info(), "rows": rows, "timings": timings,
+                     "table": table})
+
+
+if __name__ == "__main__":
+    main()
