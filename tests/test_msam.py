@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from tensoradapt import TaskLinear, task_deltas, task_scope
 from tensoradapt.sam import (
@@ -102,17 +101,32 @@ def test_zero_deltas_bit_identical_to_plain_encoder(sam, ckpt, decomp):
             assert torch.equal(model.encode(x, task), ref), task
 
 
-def test_forward_at_init_equals_promptless_sam(sam, ckpt):
-    """Every channel starts as SAM's own no-prompt prediction (PE, no-mask embed, decoder, post-processing)."""
+@pytest.mark.parametrize("size", [(96, 128), (192, 256)])
+def test_forward_at_init_equals_promptless_sam(sam, ckpt, size):
+    """Every channel starts as SAM's own no-prompt prediction (PE, no-mask embed, decoder, pre/post-processing).
+
+    At 192x256 the image is first resized to 96x128 as ResizeLongestSide.apply_image_torch does.
+    """
     model = build_msam("tiny", SMALL, checkpoint=ckpt).eval()
-    x = torch.rand(2, 3, 96, 128)
+    x = torch.rand(2, 3, *size)
     with torch.no_grad():
         out = model(x)
-        res = sam([{"image": xi * 255, "original_size": (96, 128)} for xi in x], multimask_output=False)
+        inp = torch.nn.functional.interpolate(x * 255, (96, 128), mode="bilinear", align_corners=False, antialias=True)
+        res = sam([{"image": xi, "original_size": size} for xi in inp], multimask_output=False)
         low = torch.cat([r["low_res_logits"] for r in res])
-        ref = sam.postprocess_masks(low, (96, 128), (96, 128))
+        ref = sam.postprocess_masks(low, (96, 128), size)
     for name, c in SMALL.items():
-        torch.testing.assert_close(out[name], ref.expand(-1, c, -1, -1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[name], ref.expand(-1, c, -1, -1), atol=1e-4, rtol=1e-4)
+
+
+def test_shared_lora_encoder_is_task_agnostic(ckpt):
+    torch.manual_seed(9)
+    model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp="shared-lora").eval()
+    _randomise_deltas(model)
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        assert torch.equal(model.encode(x, "a"), model.encode(x, "c"))
+        assert model.task_agnostic and not build_msam("tiny", SMALL).task_agnostic
 
 
 def test_decode_equals_predict_masks_per_image(ckpt):

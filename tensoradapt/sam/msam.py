@@ -32,7 +32,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from ..deltas import DECOMPS as DELTA_DECOMPS
 from ..deltas import INITS, parse_ranks
-from ..inject import adapt, count_parameters, mark_trainable, task_deltas, task_scope
+from ..inject import adapt, mark_trainable, task_deltas, task_scope
 from ..layers import qkv_rows
 from ._import import sam_modeling
 from .checkpoint import NO_MASK_KEY, PE_KEY, fit_sam_state_dict, read_sam_checkpoint
@@ -128,7 +128,9 @@ class MSamConfig:
             raise ValueError(f"decomp must be one of {list(DECOMPS)}, got {self.decomp!r}")
         if self.decomp in _NO_DELTA:
             if self.ranks is not None:
-                raise ValueError(f"ranks does not apply to decomp={self.decomp!r} (it has no task delta); pass ranks=None")
+                raise ValueError(
+                    f"ranks does not apply to decomp={self.decomp!r} (it has no task delta); pass ranks=None"
+                )
         else:
             if self.ranks is None:
                 self.ranks = default_ranks(self.decomp, self.sam)
@@ -136,10 +138,10 @@ class MSamConfig:
         if not isinstance(self.qkv, str):
             raise TypeError(f"qkv must be a string like 'qkv' or 'qv', got {self.qkv!r}")
         qkv_rows(3, self.qkv)  # raises ValueError naming qkv
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
+        if not _is_number(self.scale) or not math.isfinite(self.scale):
             raise ValueError(f"scale must be a finite number, got {self.scale!r}")
         self.scale = float(self.scale)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         self.dropout = float(self.dropout)
         if not isinstance(self.train_norms, bool):
@@ -176,6 +178,10 @@ class MSamConfig:
         return cls.from_dict(json.loads(text))
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_tasks(tasks) -> dict[str, int]:
     if not isinstance(tasks, Mapping) or not tasks:
         raise ValueError(f"tasks must be a non-empty mapping name -> output channels, got {tasks!r}")
@@ -200,7 +206,9 @@ class MultiTaskSAM(nn.Module):
     `no_mask_embeds` (name -> Parameter (C_t, D)).
     """
 
-    def __init__(self, msam_config: MSamConfig, checkpoint: str | Path | Mapping[str, Tensor] | None = None) -> None:
+    def __init__(
+        self, msam_config: MSamConfig, checkpoint: str | Path | Mapping[str, Tensor] | None = None
+    ) -> None:
         super().__init__()
         if not isinstance(msam_config, MSamConfig):
             raise TypeError(f"msam_config must be an MSamConfig, got {type(msam_config).__name__}")
@@ -285,7 +293,8 @@ class MultiTaskSAM(nn.Module):
         c = self.msam_config
         mods: list[nn.Module] = []
         for dec in self.decoders.values():
-            mods += [dec.transformer, dec.iou_token, dec.mask_tokens, dec.output_upscaling, dec.output_hypernetworks_mlps[0]]
+            mods += [dec.transformer, dec.iou_token, dec.mask_tokens, dec.output_upscaling]
+            mods.append(dec.output_hypernetworks_mlps[0])  # mask token 0's; the IoU head and 1-3 stay frozen
         if c.decomp == "full":
             mods.append(self.image_encoder)
         elif c.train_norms and c.decomp != "frozen":
@@ -341,7 +350,7 @@ class MultiTaskSAM(nn.Module):
         return x, (h, w)
 
     def _encode(self, x: Tensor, task_indices: Sequence[int]) -> Tensor:
-        """x (B, 3, S, S) -> embeddings: (B, D, g, g) if task-agnostic or one task, else task-major (T'B, D, g, g)."""
+        """x (B, 3, S, S) -> (B, D, g, g) if task-agnostic or one task, else task-major (T'*B, D, g, g)."""
         enc = self.image_encoder
         decomp = self.msam_config.decomp
         if decomp in _NO_DELTA:
@@ -479,7 +488,9 @@ def parameter_breakdown(model: MultiTaskSAM) -> dict[str, int]:
     deltas = {id(p) for _, d in task_deltas(model) for p in d.parameters()}
     embeds = {id(p) for p in model.no_mask_embeds.values()}
     norm2d = sam_modeling().common.LayerNorm2d
-    norms = {id(p) for m in model.image_encoder.modules() if isinstance(m, (nn.LayerNorm, norm2d)) for p in m.parameters()}
+    norms = {
+        id(p) for m in model.image_encoder.modules() if isinstance(m, (nn.LayerNorm, norm2d)) for p in m.parameters()
+    }
     out = {k: 0 for k in (
         "trainable", "total", "delta", "encoder_norms_trainable", "encoder_other_trainable", "decoders_trainable",
         "decoders_frozen", "no_mask_embeds", "encoder_frozen",
@@ -591,7 +602,8 @@ def load_msam(
         if isinstance(base, (str, Path)):
             if not Path(base).is_file():
                 raise FileNotFoundError(
-                    f"the base SAM checkpoint {base} of {directory} does not exist: pass load_msam(..., checkpoint=PATH)"
+                    f"the base SAM checkpoint {base} of {directory} does not exist: "
+                    "pass load_msam(..., checkpoint=PATH)"
                 )
             config.checkpoint = str(Path(base).expanduser().resolve())
     model = MultiTaskSAM(config, base)
@@ -603,7 +615,10 @@ def load_msam(
             f"{w_path} does not match the model rebuilt from {cfg_path}: missing keys {missing[:8]}, "
             f"unexpected keys {unexpected[:8]}"
         )
-    bad = [f"{k}: saved {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+    bad = [
+        f"{k}: saved {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items() if state[k].shape != v.shape
+    ]
     if bad:
         raise ValueError(f"{w_path}: shape mismatches {bad[:8]}")
     with torch.no_grad():
@@ -611,9 +626,13 @@ def load_msam(
             v.copy_(state[k])
     if not saved_all:
         want, have = meta["frozen_fingerprint"], _frozen_fingerprint(model)
-        if want[0] != have[0] or any(not math.isclose(a, b, rel_tol=1e-7, abs_tol=1e-6) for a, b in zip(want[1:], have[1:])):
+        same = want[0] == have[0] and all(
+            math.isclose(a, b, rel_tol=1e-7, abs_tol=1e-6) for a, b in zip(want[1:], have[1:])
+        )
+        if not same:
+            origin = "<random init>" if base is None else ("<in-memory state dict>" if isinstance(base, Mapping) else base)
             raise ValueError(
-                f"the frozen weights rebuilt from checkpoint {base if base is not None else '<random init>'} differ "
+                f"the frozen weights rebuilt from checkpoint {origin} differ "
                 f"from those {directory} was trained with (fingerprint {have} vs saved {want}): pass the base "
                 "checkpoint via load_msam(..., checkpoint=...), or save with save_msam(..., include_frozen=True)"
             )
