@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tensoradapt import TaskLinear, task_deltas, task_scope
+from tensoradapt import TaskLinear, merge_adapters, task_deltas, task_scope, unmerge_adapters
 from tensoradapt.sam import (
     DECOMPS, MSamConfig, MultiTaskSAM, SamCheckpointError, build_msam, build_sam, get_sam_config,
     load_msam, parameter_breakdown, save_msam,
@@ -437,3 +437,19 @@ def test_forward_errors():
         model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match="twice"):
         model(torch.rand(1, 3, 32, 32), tasks=["a", "a"])
+
+
+def test_merged_encoder(ckpt):
+    """Merged single-task inference matches the factored path; a multi-task forward on it is refused."""
+    torch.manual_seed(10)
+    model = build_msam("tiny", SMALL, checkpoint=ckpt).eval()
+    _randomise_deltas(model)
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        ref = model(x, tasks=["c"])["c"]
+        merge_adapters(model, 2)
+        torch.testing.assert_close(model(x, tasks=["c"])["c"], ref, atol=1e-4, rtol=1e-4)
+        with pytest.raises(RuntimeError, match="merged"):
+            model(x)
+        unmerge_adapters(model)
+        assert model(x)["c"].shape == (2, 2, 96, 128)

@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from ..deltas import DECOMPS as DELTA_DECOMPS
 from ..deltas import INITS, parse_ranks
-from ..inject import adapt, mark_trainable, task_deltas, task_scope
+from ..inject import adapt, mark_trainable, task_deltas, task_linears, task_scope
 from ..layers import qkv_rows
 from ._import import sam_modeling
 from .checkpoint import NO_MASK_KEY, PE_KEY, fit_sam_state_dict, read_sam_checkpoint
@@ -358,6 +358,12 @@ class MultiTaskSAM(nn.Module):
         if self.task_agnostic or len(task_indices) == 1:
             with task_scope(enc, 0 if self.task_agnostic else int(task_indices[0])):
                 return enc(x)
+        merged = {layer.merged_task for _, layer in task_linears(enc)} - {None}
+        if merged:  # a merged layer would silently apply its one task's weights to every sample
+            raise RuntimeError(
+                f"the encoder is merged for task {sorted(merged)}: call tensoradapt.unmerge_adapters(model) "
+                "before a multi-task forward (or request that task only)"
+            )
         B = x.shape[0]
         ids = torch.tensor(list(task_indices), dtype=torch.long, device=x.device).repeat_interleave(B)
         with task_scope(enc, ids):
