@@ -136,9 +136,13 @@ class TaskLinear(nn.Module):
             return self._forward_merged(x, self.task)
         y = self.base(x)
         if self.merged_task is not None:
-            if isinstance(self.task, int) and self.task != self.merged_task:
+            routed = self.task
+            if isinstance(routed, Tensor):  # merged layers serve inference: a host sync is acceptable
+                others = routed[routed != self.merged_task]
+                routed = int(others[0]) if others.numel() else self.merged_task
+            if routed is not None and routed != self.merged_task:
                 raise RuntimeError(
-                    f"layer is merged for task {self.merged_task} but task {self.task} was routed; "
+                    f"layer is merged for task {self.merged_task} but task {routed} was routed; "
                     "call unmerge() first"
                 )
             return y

@@ -102,6 +102,11 @@ def test_merged_layer_refuses_another_task_and_costs_one_linear():
     layer.task = 1
     with pytest.raises(RuntimeError, match="merged for task 0"):
         layer(torch.randn(1, 4))
+    layer.task = torch.tensor([0, 1, 0])  # a mixed batch cannot run on one merged weight
+    with pytest.raises(RuntimeError, match="merged for task 0 but task 1"):
+        layer(torch.randn(3, 4))
+    layer.task = torch.tensor([0, 0, 0])
+    layer(torch.randn(3, 4))
     layer.task = 0
     with torch.profiler.profile() as prof:
         layer(torch.randn(3, 4))
