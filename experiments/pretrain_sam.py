@@ -31,12 +31,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-scenes", type=int, default=None, help="training scenes (default: 2 per second of budget)")
     ap.add_argument("--n-heldout", type=int, default=d.n_heldout)
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    ap.add_argument("--min-steps", type=int, default=d.min_steps,
+                    help="train at least this many steps even past the budget (busy machines)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     out = args.out if args.out is not None else default_tiny_sam_path()
     cfg = PretrainConfig(budget_s=args.budget_s, seed=args.seed, batch_size=args.batch_size,
                          masks_per_image=args.masks_per_image, lr=args.lr, n_scenes=args.n_scenes,
-                         n_heldout=args.n_heldout, max_steps=args.max_steps)
+                         n_heldout=args.n_heldout, max_steps=args.max_steps, min_steps=args.min_steps)
     report = pretrain_tiny_sam(out, cfg, progress=not args.no_progress)
     print(format_report(report))
     print(f"checkpoint: {out}\nreport:     {Path(out).with_suffix('.json')}")

@@ -135,7 +135,10 @@ def test_ensure_finds_or_builds(tmp_path, monkeypatch):
 
     def small(path, config, progress=True):
         calls.append(config.budget_s)
-        return real(path, config, progress=False, max_steps=1, **FAST)
+        report = real(path, config, progress=False, max_steps=1, **FAST)
+        meta = path.with_suffix(".json")
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "steps": P.MIN_REUSE_STEPS}))
+        return report
 
     monkeypatch.setattr(P, "pretrain_tiny_sam", small)
     path = ensure_tiny_sam_checkpoint(budget_s=30, progress=False)
@@ -148,6 +151,20 @@ def test_ensure_finds_or_builds(tmp_path, monkeypatch):
     ensure_tiny_sam_checkpoint(progress=False)
     assert len(calls) == 2
     torch.load(path, weights_only=True)
+    meta = path.with_suffix(".json")                               # under-trained: rebuilt
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "steps": 0}))
+    ensure_tiny_sam_checkpoint(progress=False)
+    assert len(calls) == 3
+    meta.unlink()                                                  # no report (a user's file): trusted
+    ensure_tiny_sam_checkpoint(progress=False)
+    assert len(calls) == 3
+
+
+def test_min_steps_outlast_a_too_small_budget(tmp_path):
+    # a budget already spent by the set-up (as on a busy machine) still trains min_steps steps
+    report = pretrain_tiny_sam(tmp_path / "m.pth", progress=False, budget_s=0.01, min_steps=4, **FAST)
+    assert report["steps"] == 4
+    assert report["history"][0]["lr"] > 0
 
 
 def test_config_and_cli_errors(tmp_path):

@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 #: Part of the cached file name: bump when the recipe changes so stale checkpoints are rebuilt.
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2
 #: Wall-clock budget (seconds, data + training + evaluation) of the automatic first-use build; the
 #: experiment CLI must finish within 10 minutes on 2 cores including it.
 DEFAULT_AUTO_BUDGET_S = 180.0
@@ -77,6 +77,8 @@ class PretrainConfig:
     model: str = "tiny"
     budget_s: float = DEFAULT_AUTO_BUDGET_S   # total wall clock: scenes + training + both evaluations
     max_steps: int | None = None              # stop earlier after this many steps (tests, benchmarks)
+    min_steps: int = 400                      # train at least this long even past the budget (a busy
+                                              # machine must not yield an untrained "pretrained" model)
     seed: int = 0
     batch_size: int = 4                       # images per step
     masks_per_image: int = 6                  # prompted masks per image and step
@@ -98,6 +100,8 @@ class PretrainConfig:
             raise ValueError(f"budget_s must be positive, got {self.budget_s}")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0 or None, got {self.max_steps}")
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
         for name in ("batch_size", "masks_per_image", "n_heldout", "eval_masks_per_scene"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -413,6 +417,23 @@ def load_sam_checkpoint(path: str | os.PathLike, model: str | SamConfig = "tiny"
     return sam
 
 
+#: A cached checkpoint whose JSON report records fewer training steps than this is rebuilt.
+MIN_REUSE_STEPS = 100
+
+
+def _trained_enough(path: Path) -> bool:
+    """False if the JSON report beside `path` says it was trained for fewer than MIN_REUSE_STEPS steps
+    (a checkpoint without a report, e.g. one a user put there, is trusted)."""
+    report = path.with_suffix(".json")
+    if not report.is_file():
+        return True
+    try:
+        steps = json.loads(report.read_text()).get("steps")
+    except (OSError, ValueError):
+        return True
+    return not isinstance(steps, int) or steps >= MIN_REUSE_STEPS
+
+
 def _checkpoint_matches(path: Path, model: str) -> bool:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -432,7 +453,8 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
 
     Runs within ``config.budget_s`` seconds of wall clock in total: render the scenes, evaluate the
     random-init model on the held-out scenes, train until the time left is what the final evaluation
-    needs, evaluate again, write the checkpoint (atomically) to `out_path` and a JSON report to
+    needs (but at least ``config.min_steps`` steps, so a busy machine overruns the budget rather than
+    return an untrained model; ``config.max_steps`` caps it), evaluate again, write the checkpoint (atomically) to `out_path` and a JSON report to
     ``out_path.with_suffix(".json")``. Returns that report.
     """
     pc = config if config is not None else PretrainConfig()
@@ -465,11 +487,16 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
     step, history, ema = 0, [], None
     while True:
         elapsed = time.perf_counter() - t_train
-        if elapsed >= train_budget or (pc.max_steps is not None and step >= pc.max_steps):
+        if pc.max_steps is not None and step >= pc.max_steps:
             break
-        frac = elapsed / train_budget if train_budget > 0 else 1.0
+        if elapsed >= train_budget and step >= pc.min_steps:
+            break
+        # progress reaches 1 when both the time budget and min_steps are used up
+        by_time = elapsed / train_budget if train_budget > 0 else float("inf")
+        by_steps = step / pc.min_steps if pc.min_steps > 0 else float("inf")
+        frac = min(by_time, by_steps, 1.0)
         warm = min(1.0, (step + 1) / max(pc.warmup_steps, 1))
-        lr = pc.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        lr = pc.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
             group["lr"] = lr
         out = _train_step(sam, data, pc, g)
@@ -538,19 +565,27 @@ def ensure_tiny_sam_checkpoint(path: str | os.PathLike | None = None, budget_s: 
 
     `path` defaults to :func:`default_tiny_sam_path`. An existing file is reused as is if it holds a
     tiny-SAM state dict with the official keys and shapes, whatever budget built it (running
-    ``experiments/pretrain_sam.py`` with a longer budget replaces it with a better one); anything
-    else there is rebuilt. A file lock makes concurrent callers (DDP ranks) wait for one build.
+    ``experiments/pretrain_sam.py`` with a longer budget replaces it with a better one), unless the
+    JSON report beside it records fewer than MIN_REUSE_STEPS training steps; anything else there is
+    rebuilt. On a busy machine the build can run past `budget_s`: it trains at least
+    ``PretrainConfig.min_steps`` steps. A file lock makes concurrent callers (DDP ranks) wait for one build.
     """
     path = Path(path) if path is not None else default_tiny_sam_path()
-    if path.is_file() and _checkpoint_matches(path, "tiny"):
+
+    def usable() -> bool:
+        return path.is_file() and _checkpoint_matches(path, "tiny") and _trained_enough(path)
+
+    if usable():
         return path
     from ..data.synthetic import _file_lock
 
     with _file_lock(path.with_name(f".{path.name}.lock")):
-        if path.is_file() and _checkpoint_matches(path, "tiny"):
+        if usable():
             return path
         if progress:
-            print(f"building the pretrained tiny SAM checkpoint {path} (~{budget_s:.0f} s, once)", flush=True)
+            why = "not there" if not path.exists() else "unusable (wrong keys/shapes or under-trained)"
+            print(f"building the pretrained tiny SAM checkpoint {path} ({why}; ~{budget_s:.0f} s, once)",
+                  flush=True)
         report = pretrain_tiny_sam(path, PretrainConfig(budget_s=budget_s, seed=seed), progress=progress)
         if progress:
             print(format_report(report), flush=True)
