@@ -169,7 +169,8 @@ def test_mixed_task_batch_equals_per_task(ckpt, decomp):
 def test_encoder_runs_once(decomp, calls, rows):
     model = build_msam("tiny", TASKS, decomp=decomp).eval()
     seen = []
-    handle = model.image_encoder.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    # the encoder's blocks run once on all samples (the patch embedding runs on the B images only)
+    handle = model.image_encoder.blocks[0].register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
     with torch.no_grad():
         model(torch.rand(4, 3, 96, 128))
     handle.remove()
@@ -453,3 +454,42 @@ def test_merged_encoder(ckpt):
             model(x)
         unmerge_adapters(model)
         assert model(x)["c"].shape == (2, 2, 96, 128)
+
+
+def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
+    from tensoradapt import task_deltas
+    from tensoradapt.sam import build_msam
+
+    tasks = {"semantic": 3, "depth": 1}
+    models = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        m = build_msam("tiny", tasks, decomp="tucker", dropout=0.0, grad_checkpointing=recompute).train()
+        with torch.no_grad():
+            for _, d in task_deltas(m):
+                for p in d.parameters():
+                    p.normal_(0, 0.05)
+        models.append(m)
+    x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for m in models:
+        out = m(x)
+        sum(o.pow(2).mean() for o in out.values()).backward()
+        outs.append(out)
+    for k in tasks:
+        torch.testing.assert_close(outs[0][k], outs[1][k])
+    grads = [[p.grad for p in m.parameters() if p.requires_grad] for m in models]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_patch_embedding_runs_once_for_all_task_passes():
+    from tensoradapt.sam import build_msam
+
+    m = build_msam("tiny", {"semantic": 3, "depth": 1, "normal": 3}, decomp="tucker").eval()
+    seen = []
+    m.image_encoder.patch_embed.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[0]))
+    m.image_encoder.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(out.shape[0]))
+    with torch.no_grad():
+        m(torch.rand(2, 3, 64, 64))
+    assert seen == [2, 6]  # patch embedding on B images, blocks on the T*B mixed-task batch

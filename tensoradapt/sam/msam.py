@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..deltas import DECOMPS as DELTA_DECOMPS
 from ..deltas import INITS, parse_ranks
@@ -105,6 +106,8 @@ class MSamConfig:
             "frozen", which trains none).
         checkpoint: absolute path of the SAM checkpoint the frozen weights came from (None: random or
             an in-memory state dict).
+        grad_checkpointing: recompute each encoder block's activations in backward instead of storing
+            them (activation checkpointing; trades ~1 extra encoder forward for memory).
     """
 
     sam: SamConfig
@@ -117,6 +120,7 @@ class MSamConfig:
     train_norms: bool = True
     init: str = "paper"
     checkpoint: str | None = None
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.sam, Mapping):
@@ -148,6 +152,8 @@ class MSamConfig:
             raise TypeError(f"train_norms must be a bool, got {self.train_norms!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not isinstance(self.grad_checkpointing, bool):
+            raise TypeError(f"grad_checkpointing must be a bool, got {self.grad_checkpointing!r}")
 
     @property
     def task_agnostic(self) -> bool:
@@ -354,10 +360,10 @@ class MultiTaskSAM(nn.Module):
         enc = self.image_encoder
         decomp = self.msam_config.decomp
         if decomp in _NO_DELTA:
-            return enc(x)
+            return self._run_encoder(x)
         if self.task_agnostic or len(task_indices) == 1:
             with task_scope(enc, 0 if self.task_agnostic else int(task_indices[0])):
-                return enc(x)
+                return self._run_encoder(x)
         merged = {layer.merged_task for _, layer in task_linears(enc)} - {None}
         if merged:  # a merged layer would silently apply its one task's weights to every sample
             raise RuntimeError(
@@ -367,7 +373,30 @@ class MultiTaskSAM(nn.Module):
         B = x.shape[0]
         ids = torch.tensor(list(task_indices), dtype=torch.long, device=x.device).repeat_interleave(B)
         with task_scope(enc, ids):
-            return enc(x.repeat(len(task_indices), 1, 1, 1))
+            return self._run_encoder(x, repeats=len(task_indices))
+
+    def _run_encoder(self, x: Tensor, repeats: int = 1) -> Tensor:
+        """The ImageEncoderViT forward, step by step: x (B, 3, S, S) -> (repeats*B, D, g, g), task-major.
+
+        The frozen patch embedding (+ absolute positions) is the same for every task, so it runs once
+        on the B images and its output is repeated for the task passes; only the blocks see B*repeats
+        samples. With `grad_checkpointing` each block's activations are recomputed in backward
+        instead of stored (for vit_l / vit_h memory).
+        """
+        enc = self.image_encoder
+        tokens = enc.patch_embed(x)  # (B, g, g, C)
+        if enc.pos_embed is not None:
+            tokens = tokens + enc.pos_embed
+        if repeats > 1:
+            tokens = tokens.repeat(repeats, 1, 1, 1)
+        recompute = self.msam_config.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for block in enc.blocks:
+            if recompute:
+                task = next((layer.task for _, layer in task_linears(block)), None)
+                tokens = checkpoint(_routed_block, block, tokens, task, use_reentrant=False)
+            else:
+                tokens = block(tokens)
+        return enc.neck(tokens.permute(0, 3, 1, 2))
 
     def encode(self, images: Tensor, task: str, normalize: bool = True) -> Tensor:
         """Image embeddings of `task`: (B, 3, H, W) in [0, 1] -> (B, D, g, g) (D = prompt_embed_dim)."""
@@ -439,6 +468,23 @@ class MultiTaskSAM(nn.Module):
         return f"model_type={self.config.name!r}, tasks={c.tasks}, decomp={c.decomp!r}, ranks={c.ranks}"
 
 
+def _routed_block(block: nn.Module, tokens: Tensor, task) -> Tensor:
+    """Run `block` with `task` routed to its adapted layers.
+
+    Activation checkpointing recomputes a block during backward, after the forward's `task_scope` has
+    ended, so the routing is captured at forward time and re-applied around the recomputation.
+    """
+    layers = [layer for _, layer in task_linears(block)]
+    saved = [layer.task for layer in layers]
+    for layer in layers:
+        layer.task = task
+    try:
+        return block(tokens)
+    finally:
+        for layer, old in zip(layers, saved):
+            layer.task = old
+
+
 # --------------------------------------------------------------------------------------------- builder
 def build_msam(
     model_type: str | SamConfig,
@@ -452,6 +498,7 @@ def build_msam(
     train_norms: bool = True,
     image_size: int | None = None,
     init: str = "paper",
+    grad_checkpointing: bool = False,
 ) -> MultiTaskSAM:
     """Build an mSAM (see the module docstring for what it computes and what trains).
 
@@ -473,6 +520,7 @@ def build_msam(
         image_size: encoder input side S (default the config's); a checkpoint of another size has its
             position tables interpolated.
         init: "paper" (zero core, N(0, 1) factors) or "orthonormal"; both start at a zero delta.
+        grad_checkpointing: recompute encoder-block activations in backward (vit_l / vit_h memory).
 
     Build on the meta device (`with torch.device("meta"): build_msam("vit_h", ...)`) to count parameters
     without allocating weights.
@@ -484,6 +532,7 @@ def build_msam(
     config = MSamConfig(
         sam=sam, tasks=dict(tasks) if isinstance(tasks, Mapping) else tasks, decomp=decomp, ranks=ranks,
         qkv=qkv, scale=scale, dropout=dropout, train_norms=train_norms, init=init, checkpoint=source,
+        grad_checkpointing=grad_checkpointing,
     )
     return MultiTaskSAM(config, checkpoint)
 
