@@ -90,7 +90,16 @@ def test_a_few_steps_write_a_loadable_official_state_dict(tmp_path):
     assert torch.equal(loaded.mask_decoder.mask_tokens.weight, state["mask_decoder.mask_tokens.weight"])
 
 
-def test_training_reduces_the_loss():
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a busy shared 2-core machine two threads are several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_training_reduces_the_loss(one_thread):
     from tensoradapt.sam.pretrained import _train_step
 
     cfg = get_sam_config("tiny")
@@ -181,3 +190,28 @@ def test_config_and_cli_errors(tmp_path):
     report = cli.main(["--out", str(tmp_path / "c.pth"), "--max-steps", "1", "--n-scenes", "2", "--n-heldout", "1",
                        "--batch-size", "1", "--no-progress"])
     assert report["steps"] == 1 and (tmp_path / "c.json").is_file()
+
+
+def test_thread_tuner_keeps_the_faster_setting_and_restores():
+    import time
+
+    from tensoradapt.sam.pretrained import _ThreadTuner
+
+    original = torch.get_num_threads()
+    tuner = _ThreadTuner()
+    if len(tuner.candidates) == 1:
+        pytest.skip("this process runs one intra-op thread: nothing to choose")
+    calls = []
+
+    def slow_when_threaded():
+        calls.append(torch.get_num_threads())
+        time.sleep(0.01 if torch.get_num_threads() > 1 else 0.0)
+
+    assert tuner.tune(slow_when_threaded) == 1 and torch.get_num_threads() == 1
+    assert len(calls) == 6  # warm-up + 2 timed calls per candidate
+    assert tuner.tune(lambda: time.sleep(0.01 if torch.get_num_threads() == 1 else 0.0)) == original
+    tuner.restore()
+    assert torch.get_num_threads() == original
+    stop_after = iter(range(100))
+    tuner.tune(lambda: None, should_stop=lambda: next(stop_after) >= 2)  # stops early: keeps the default
+    tuner.restore()

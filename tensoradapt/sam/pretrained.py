@@ -454,8 +454,10 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
     Runs within ``config.budget_s`` seconds of wall clock in total: render the scenes, evaluate the
     random-init model on the held-out scenes, train until the time left is what the final evaluation
     needs (but at least ``config.min_steps`` steps, so a busy machine overruns the budget rather than
-    return an untrained model; ``config.max_steps`` caps it), evaluate again, write the checkpoint (atomically) to `out_path` and a JSON report to
-    ``out_path.with_suffix(".json")``. Returns that report.
+    return an untrained model; ``config.max_steps`` caps it), evaluate again, write the checkpoint
+    (atomically) to `out_path` and a JSON report to ``out_path.with_suffix(".json")``. Returns that
+    report. Torch's thread count is picked by timing (1 or the process's own; see `_ThreadTuner`) and
+    restored afterwards.
     """
     pc = config if config is not None else PretrainConfig()
     if overrides:
@@ -469,57 +471,79 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
                         progress=progress)
     heldout = PromptScenes(cfg, pc.n_heldout, seed=pc.seed, stream="sam_heldout",
                            min_area_frac=pc.min_area_frac)
-    t_eval = time.perf_counter()
-    random_init = evaluate_prompted_iou(sam, heldout, pc.eval_masks_per_scene)
-    eval_s = time.perf_counter() - t_eval
-    deadline = t0 + pc.budget_s - 1.2 * eval_s - 1.0   # leave room for the final evaluation and saving
+    tuner = _ThreadTuner()
+    try:
+        with torch.no_grad():  # pick the thread count for the evaluations with an encoder pass
+            tuner.tune(lambda: sam.image_encoder(heldout.inputs[: min(8, len(heldout))]))
+        t_eval = time.perf_counter()
+        random_init = evaluate_prompted_iou(sam, heldout, pc.eval_masks_per_scene)
+        eval_s = time.perf_counter() - t_eval
+        deadline = t0 + pc.budget_s - 1.2 * eval_s - 1.0   # leave room for the final evaluation and saving
 
-    sam.train()
-    decay, no_decay = [], []
-    for name, p in sam.named_parameters():
-        (no_decay if p.dim() < 2 or "pos_embed" in name or "rel_pos" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": pc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=pc.lr, betas=(0.9, 0.999))
-    g = torch.Generator().manual_seed(pc.seed + 1)
-    t_train = time.perf_counter()
-    train_budget = max(deadline - t_train, 0.0)
-    bar = _bar(None, progress, "pretrain tiny SAM", unit="step")
-    step, history, ema = 0, [], None
-    while True:
-        elapsed = time.perf_counter() - t_train
-        if pc.max_steps is not None and step >= pc.max_steps:
-            break
-        if elapsed >= train_budget and step >= pc.min_steps:
-            break
-        # progress reaches 1 when both the time budget and min_steps are used up
-        by_time = elapsed / train_budget if train_budget > 0 else float("inf")
-        by_steps = step / pc.min_steps if pc.min_steps > 0 else float("inf")
-        frac = min(by_time, by_steps, 1.0)
-        warm = min(1.0, (step + 1) / max(pc.warmup_steps, 1))
-        lr = pc.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        out = _train_step(sam, data, pc, g)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
-        opt.step()
-        step += 1
-        loss = float(out["loss"].detach())
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss became {loss} at step {step}")
-        ema = loss if ema is None else 0.98 * ema + 0.02 * loss
-        if step % 25 == 0 or step == 1:
-            history.append({"step": step, "t": round(time.perf_counter() - t0, 1), "loss": round(loss, 4),
-                            "focal": round(out["focal"], 5), "dice": round(out["dice"], 4),
-                            "train_iou": round(out["train_iou"], 4), "lr": lr})
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}", iou=f"{out['train_iou']:.2f}", left=f"{max(0, train_budget - elapsed):.0f}s",
-                        refresh=False)
-    bar.close()
-    train_s = time.perf_counter() - t_train
-    sam.eval()
-    pretrained = evaluate_prompted_iou(sam, heldout, pc.eval_masks_per_scene)
+        sam.train()
+        decay, no_decay = [], []
+        for name, p in sam.named_parameters():
+            (no_decay if p.dim() < 2 or "pos_embed" in name or "rel_pos" in name else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": pc.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=pc.lr, betas=(0.9, 0.999))
+        g = torch.Generator().manual_seed(pc.seed + 1)
+        t_train = time.perf_counter()
+        train_budget = max(deadline - t_train, 0.0)
+        bar = _bar(None, progress, "pretrain tiny SAM", unit="step")
+        state = {"step": 0, "ema": None}
+        history: list[dict] = []
+
+        def finished() -> bool:
+            elapsed = time.perf_counter() - t_train
+            if pc.max_steps is not None and state["step"] >= pc.max_steps:
+                return True
+            return elapsed >= train_budget and state["step"] >= pc.min_steps
+
+        def train_one() -> None:
+            step = state["step"]
+            elapsed = time.perf_counter() - t_train
+            # progress reaches 1 when both the time budget and min_steps are used up
+            by_time = elapsed / train_budget if train_budget > 0 else float("inf")
+            by_steps = step / pc.min_steps if pc.min_steps > 0 else float("inf")
+            frac = min(by_time, by_steps, 1.0)
+            warm = min(1.0, (step + 1) / max(pc.warmup_steps, 1))
+            lr = pc.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            out = _train_step(sam, data, pc, g)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+            opt.step()
+            step += 1
+            state["step"] = step
+            loss = float(out["loss"].detach())
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"pretraining loss became {loss} at step {step}")
+            ema = state["ema"] = loss if state["ema"] is None else 0.98 * state["ema"] + 0.02 * loss
+            if step % 25 == 0 or step == 1:
+                history.append({"step": step, "t": round(time.perf_counter() - t0, 1), "loss": round(loss, 4),
+                                "focal": round(out["focal"], 5), "dice": round(out["dice"], 4),
+                                "train_iou": round(out["train_iou"], 4), "lr": lr,
+                                "threads": torch.get_num_threads()})
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.3f}", iou=f"{out['train_iou']:.2f}",
+                            left=f"{max(0.0, train_budget - elapsed):.0f}s", refresh=False)
+
+        while not finished():
+            # every 200 steps, re-pick the thread count with real (counted) training steps
+            if state["step"] % 200 == 0 and not tuner.settled(pc.max_steps, state["step"]):
+                tuner.tune(train_one, should_stop=finished)
+            else:
+                train_one()
+        bar.close()
+        step = state["step"]
+        train_s = time.perf_counter() - t_train
+        sam.eval()
+        pretrained = evaluate_prompted_iou(sam, heldout, pc.eval_masks_per_scene)
+        threads_used = sorted(tuner.history)
+    finally:
+        tuner.restore()
     save_state_dict_atomic(sam.state_dict(), out_path)
     report = {
         "checkpoint": str(out_path),
@@ -535,7 +559,7 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
         "train_seconds": round(train_s, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
         "seconds_per_step": round(train_s / step, 4) if step else None,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads_used,
         "heldout_iou": {"pretrained": pretrained, "random_init": random_init},
         "history": history,
     }
@@ -590,6 +614,50 @@ def ensure_tiny_sam_checkpoint(path: str | os.PathLike | None = None, budget_s: 
         if progress:
             print(format_report(report), flush=True)
     return path
+
+
+class _ThreadTuner:
+    """Picks torch's intra-op thread count (1 or the process's own) by timing real work.
+
+    On a shared machine whose cores are busy, two OpenMP threads can be 5-10x slower than one (a
+    thread waits at every barrier for a descheduled peer), while on an idle machine two are faster.
+    ``tune(fn)`` times `fn` under each candidate and keeps the faster; ``restore()`` puts the
+    process's setting back.
+    """
+
+    def __init__(self) -> None:
+        self.original = torch.get_num_threads()
+        self.candidates = sorted({1, self.original})
+        self.history: set[int] = {self.original}
+
+    def settled(self, max_steps: int | None, step: int) -> bool:
+        return len(self.candidates) == 1 or (max_steps is not None and max_steps - step < 10)
+
+    def tune(self, fn, repeats: int = 2, should_stop=lambda: False) -> int:
+        if len(self.candidates) == 1:
+            fn()
+            return self.candidates[0]
+        times = {}
+        for n in self.candidates:
+            torch.set_num_threads(n)
+            done = 0
+            for k in range(repeats + 1):  # call 0 is a warm-up at this setting
+                if should_stop():
+                    break
+                if k == 1:
+                    t = time.perf_counter()
+                fn()
+                done = k
+            if done < repeats:
+                break
+            times[n] = time.perf_counter() - t
+        best = min(times, key=times.get) if times else self.original
+        torch.set_num_threads(best)
+        self.history.add(best)
+        return best
+
+    def restore(self) -> None:
+        torch.set_num_threads(self.original)
 
 
 class _NullBar:
