@@ -31,15 +31,23 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # `python experiments/sam_mtl.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DECOMPS = ("cp", "tucker", "tt", "lora", "shared-lora", "full", "frozen")
+DECOMPS = ("cp", "tucker", "tt", "lora", "shared-lora", "full", "frozen", "none")
+NO_DELTA = ("full", "frozen", "none")
 MODELS = ("tiny", "vit_b", "vit_l", "vit_h")
 DATASETS = ("synthetic", "nyuv2")
-DEFAULT_RANKS = {"tucker": "4,32,32", "cp": "32", "tt": "16,16", "lora": "32", "shared-lora": "32"}
 RESULTS, RUN_CONFIG = "results.json", "run_config.json"
 
 
 class UsageError(ValueError):
     """A bad argument: reported as one line, exit status 2, before any training."""
+
+
+def default_rank_text(decomp: str, model: str) -> str | None:
+    """build_msam's default ranks for this decomposition and SAM size, as CLI text ("4,8,8")."""
+    from tensoradapt.sam import default_ranks, get_sam_config
+
+    r = default_ranks(decomp, get_sam_config(model))
+    return None if r is None else ",".join(map(str, r)) if isinstance(r, tuple) else str(r)
 
 
 # -------------------------------------------------------------------------------------------- config
@@ -48,7 +56,7 @@ class ExperimentConfig:
     """Everything `sam_mtl.py` was asked to do (validated on construction; saved as run_config.json)."""
 
     decomp: str = "tucker"
-    ranks: str | None = None              # None: DEFAULT_RANKS[decomp]; must be None for full / frozen
+    ranks: str | None = None              # None: tensoradapt.sam.default_ranks; must be None without a delta
     model: str = "tiny"
     checkpoint: str | None = None         # None: the pretrained tiny SAM (built on first use) for --model tiny
     data: str = "synthetic"
@@ -57,9 +65,10 @@ class ExperimentConfig:
     image_size: tuple[int, int] | None = None   # (H, W) the data are resized to; None: per model default
     train_size: int | None = None         # use only the first N training / validation samples
     val_size: int | None = None
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 4
     lr: float = 1e-3
+    optimizer: str = "adamw"
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup_ratio: float = 0.05
@@ -75,6 +84,7 @@ class ExperimentConfig:
     amp: str = "auto"
     compile: bool = False
     eval_every: int = 1
+    ckpt_every: int = 0                   # optimiser steps between mid-epoch checkpoints (0: epoch ends only)
     skip_nonfinite: bool = False
     num_workers: int = 0
     device: str = "auto"
@@ -88,19 +98,19 @@ class ExperimentConfig:
 
         if self.decomp not in DECOMPS:
             raise UsageError(f"--decomp must be one of {', '.join(DECOMPS)}; got {self.decomp!r}")
-        if self.decomp in ("full", "frozen"):
+        if self.model not in MODELS:
+            raise UsageError(f"--model must be one of {', '.join(MODELS)}; got {self.model!r}")
+        if self.decomp in NO_DELTA:
             if self.ranks is not None:
                 raise UsageError(f"--ranks does not apply to --decomp {self.decomp} (it has no task delta)")
         else:
             if self.ranks is None:
-                self.ranks = DEFAULT_RANKS[self.decomp]
+                self.ranks = default_rank_text(self.decomp, self.model)
             self.ranks = str(self.ranks)
             try:
                 parse_ranks(self.decomp, self.ranks)
             except ValueError as e:
                 raise UsageError(f"--ranks: {e}") from None
-        if self.model not in MODELS:
-            raise UsageError(f"--model must be one of {', '.join(MODELS)}; got {self.model!r}")
         if self.data not in DATASETS:
             raise UsageError(f"--data must be one of {', '.join(DATASETS)}; got {self.data!r}")
         if self.data == "nyuv2" and not self.data_root:
@@ -171,12 +181,12 @@ class ExperimentConfig:
         from tensoradapt.train import TrainConfig
 
         return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer="adamw",
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
             weight_decay=self.weight_decay, schedule=self.schedule, warmup_ratio=self.warmup_ratio,
             task_weights=self.task_weights, orth_weight=self.orth_weight, grad_accum=self.grad_accum,
             max_grad_norm=self.max_grad_norm, amp=self.amp, compile=self.compile, eval_every=self.eval_every,
-            seed=self.seed, skip_nonfinite=self.skip_nonfinite, num_workers=self.num_workers,
-            progress=self.progress, device=self.device,
+            ckpt_every_steps=self.ckpt_every, seed=self.seed, skip_nonfinite=self.skip_nonfinite,
+            num_workers=self.num_workers, progress=self.progress, device=self.device,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     a = p.add_argument
     a("--decomp", default="tucker", help=f"adapter: {', '.join(DECOMPS)} (default tucker = TA-LoRA)")
-    a("--ranks", default=None, help=f"decomposition ranks, default {DEFAULT_RANKS}")
+    a("--ranks", default=None, help="decomposition ranks, e.g. 4,32,32 (tucker: r_task,r_out,r_in), 32 (cp, "
+      "lora, shared-lora), 16,16 (tt); default: tucker 4,8,8 / cp 8 / tt 4,8 / lora 8 for tiny, the paper's "
+      "4,32,32 / 32 / 16,16 / 32 for vit_*")
     a("--model", default="tiny", help=f"SAM size: {', '.join(MODELS)} (default tiny)")
     a("--checkpoint", default=None, help="official-format SAM checkpoint of that size; 'none' = random init "
       "(default: the pretrained tiny SAM, built on first use, for --model tiny)")
@@ -235,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--epochs", type=int, default=d["epochs"].default)
     a("--batch-size", type=int, default=d["batch_size"].default, help="per process")
     a("--lr", type=float, default=d["lr"].default)
+    a("--optimizer", default=d["optimizer"].default, help="adamw, adam or sgd (momentum 0.9)")
     a("--weight-decay", type=float, default=d["weight_decay"].default)
     a("--schedule", default=d["schedule"].default, help="constant, linear or cosine (after warm-up)")
     a("--warmup-ratio", type=float, default=d["warmup_ratio"].default)
@@ -250,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--amp", default=d["amp"].default, help="auto (bf16 on CUDA), bf16 or off")
     a("--compile", action="store_true", help="torch.compile the model")
     a("--eval-every", type=int, default=d["eval_every"].default, help="epochs between evaluations")
+    a("--ckpt-every", type=int, default=0, help="also checkpoint every N steps within an epoch")
     a("--skip-nonfinite", action="store_true", help="skip steps with a NaN/inf loss instead of stopping")
     a("--num-workers", type=int, default=d["num_workers"].default)
     a("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -271,7 +285,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 # --------------------------------------------------------------------------------------------- pieces
 # Fields that may change between a run and its --resume (they do not change what is computed).
-RESUME_TOLERANT = {"progress", "num_workers", "device", "out", "baseline", "num_figures"}
+RESUME_TOLERANT = {"progress", "num_workers", "device", "out", "baseline", "num_figures", "ckpt_every"}
 
 
 def _log(msg: str, main: bool = True) -> None:
@@ -338,12 +352,20 @@ def build_datasets(cfg: ExperimentConfig, root: Path):
 
 
 def parameter_counts(model) -> dict[str, int]:
+    """Trainable / total / delta counts (and mSAM's per-part breakdown when the model is an mSAM)."""
     from tensoradapt import task_deltas
 
+    try:
+        from tensoradapt.sam import MultiTaskSAM, parameter_breakdown
+
+        if isinstance(model, MultiTaskSAM):
+            return parameter_breakdown(model)
+    except ImportError:
+        pass
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     delta = sum(p.numel() for _, d in task_deltas(model) for p in d.parameters())
-    return {"trainable": trainable, "delta": delta, "other_trainable": trainable - delta, "total": total}
+    return {"trainable": trainable, "total": total, "delta": delta}
 
 
 def nest_metrics(flat: dict[str, float] | None) -> dict[str, dict[str, float]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -78,7 +79,159 @@ def test_subprocess_exit_status_and_single_line(tmp_path):
 
 def test_config_round_trips_and_fills_default_ranks():
     cfg = sam_mtl.ExperimentConfig(decomp="tt", image_size=(48, 64), task_weights={"depth": 2})
-    assert cfg.ranks == sam_mtl.DEFAULT_RANKS["tt"] and cfg.parsed_ranks() == (16, 16)
+    assert cfg.ranks == "4,8" and cfg.parsed_ranks() == (4, 8)  # build_msam's default for tiny
+    assert sam_mtl.ExperimentConfig(decomp="tucker", model="vit_b").ranks == "4,32,32"  # the paper's
     again = sam_mtl.ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
     assert sam_mtl.ExperimentConfig(decomp="full").ranks is None
+
+
+# ---------------------------------------------------------------------------- runs with the real tiny mSAM
+# Random-init tiny SAM (--checkpoint none) on a few tiny synthetic scenes: the pipeline, not the numbers.
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory) -> Path:
+    from tensoradapt.data import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("mini"), n_train=8, n_val=4, height=48, width=64, workers=1)
+
+
+def base_args(mini: Path, out: Path, *extra: str) -> list[str]:
+    return ["--checkpoint", "none", "--data", "nyuv2", "--data-root", str(mini), "--image-size", "48,64",
+            "--train-size", "4", "--val-size", "2", "--batch-size", "2", "--epochs", "1", "--num-figures", "0",
+            "--no-progress", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("decomp", sam_mtl.DECOMPS)
+def test_every_decomp_trains_two_steps(decomp, mini, tmp_path):
+    import torch
+
+    from tensoradapt.train import load_checkpoint
+
+    out = tmp_path / decomp
+    assert sam_mtl.main(base_args(mini, out, "--decomp", decomp, "--orth-weight", "0.01")) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 2 and res["skipped_steps"] == 0
+    assert res["config"]["decomp"] == decomp
+    assert set(res["metrics"]) == {"semantic", "depth", "normal"}
+    assert all(math.isfinite(v) for m in res["metrics"].values() for v in m.values())
+    assert (res["params"]["delta"] > 0) == (decomp not in sam_mtl.NO_DELTA)
+    # the trained state moved away from the freshly built model's
+    cfg = sam_mtl.ExperimentConfig.from_dict(res["config"])
+    from tensoradapt.mtl import get_tasks
+
+    fresh = sam_mtl.build_model(cfg, get_tasks(cfg.tasks), None).state_dict()
+    trained = load_checkpoint(out / "last.pt")["model"]
+    assert any(not torch.equal(v, fresh[k]) for k, v in trained.items())
+    assert (out / "loss_curves.png").exists()
+
+
+def test_results_figures_and_delta_m(mini, tmp_path):
+    base, run = tmp_path / "lora", tmp_path / "tucker"
+    assert sam_mtl.main(base_args(mini, base, "--decomp", "lora", "--ranks", "2")) == 0
+    argv = base_args(mini, run, "--decomp", "tucker", "--ranks", "2,4,4", "--baseline", str(base / "results.json"))
+    argv[argv.index("--num-figures") + 1] = "2"
+    assert sam_mtl.main(argv) == 0
+    res = json.loads((run / "results.json").read_text())
+    dm = res["delta_m"]
+    assert dm["baseline_decomp"] == "lora" and (dm["value"] is None) == ("error" in dm)
+    for key in ("metrics", "params", "wall_time_s", "train_time_s", "median_step_time_s", "config", "best"):
+        assert res[key] is not None, key
+    assert res["params"]["trainable"] < res["params"]["total"]
+    for fig in ("loss_curves.png", "predictions.png"):
+        assert (run / fig).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run / "run_config.json").read_text())["ranks"] == "2,4,4"
+
+
+def test_checkpoint_of_another_size_fails_before_training(capsys, mini, tmp_path):
+    import torch
+
+    from tensoradapt.sam import build_sam, get_sam_config
+
+    other = get_sam_config("tiny").replace(encoder_embed_dim=64, encoder_num_heads=2)
+    path = tmp_path / "sam_other.pth"
+    torch.save(build_sam(other).state_dict(), path)
+    argv = base_args(mini, tmp_path / "r")
+    argv[argv.index("--checkpoint") + 1] = str(path)
+    line = fail_line(capsys, argv)
+    assert "sam_other.pth" in line
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(mini, tmp_path, monkeypatch):
+    import torch
+
+    import tensoradapt.train as train
+    from tensoradapt.train import load_checkpoint
+
+    args = ["--epochs", "2", "--ckpt-every", "1", "--dropout", "0.1"]  # augmentation + dropout draw RNG
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert sam_mtl.main(base_args(mini, ref, *args)) == 0
+
+    real = train.Trainer
+
+    class KilledAtStep3(real):
+        def __init__(self, *a, **kw):
+            def kill(t):
+                if t.step == 3:
+                    raise _Kill
+            super().__init__(*a, callbacks=[kill], **kw)
+
+    monkeypatch.setattr(train, "Trainer", KilledAtStep3)
+    with pytest.raises(_Kill):
+        sam_mtl.main(base_args(mini, run, *args))
+    monkeypatch.setattr(train, "Trainer", real)
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+    assert sam_mtl.main(base_args(mini, run, *args)) == 2  # no silent overwrite without --resume
+    assert sam_mtl.main(base_args(mini, run, *args, "--resume")) == 0
+
+    a, b = load_checkpoint(ref / "last.pt"), load_checkpoint(run / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref, run))
+    assert ra["metrics"] == rb["metrics"]
+
+
+def test_resume_with_other_settings_is_refused(capsys, mini, tmp_path):
+    out = tmp_path / "r"
+    assert sam_mtl.main(base_args(mini, out, "--decomp", "cp", "--ranks", "2")) == 0
+    capsys.readouterr()
+    line = fail_line(capsys, base_args(mini, out, "--decomp", "cp", "--ranks", "3", "--resume"))
+    assert "ranks '2' -> '3'" in line
+
+
+def test_torchrun_two_processes_match_one_process(mini, tmp_path):
+    """`torchrun --nproc_per_node 2 sam_mtl.py` (gloo DDP) = one process with the combined batch."""
+    import torch
+
+    from tensoradapt.train import load_checkpoint
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # depth and normals are valid at every pixel of these scenes, so per-process means average exactly to
+    # the combined batch's mean (the semantic loss averages over a varying number of labelled pixels).
+    # SGD: Adam's update is ~lr * sign(grad), which turns the rounding differences of near-zero gradients
+    # (summed in another order across processes) into O(lr) parameter differences; SGD keeps them linear.
+    common = ["--dropout", "0", "--no-augment", "--max-grad-norm", "1", "--tasks", "depth,normal",
+              "--optimizer", "sgd", "--lr", "0.05"]
+    one = base_args(mini, tmp_path / "one", *common)          # 1 process x batch 2: two steps
+    two = list(one)
+    two[two.index("--out") + 1] = str(tmp_path / "two")
+    two[two.index("--batch-size") + 1] = "1"                 # 2 processes x batch 1: two steps
+    script = str(ROOT / "experiments" / "sam_mtl.py")
+    for argv in ([sys.executable, script, *one],
+                 [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, *two]):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
+    assert len(b["rng"]) == 2 and a["step"] == b["step"] == 2
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+    ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert rb["world_size"] == 2
+    for t, metrics in ra["metrics"].items():
+        for m, v in metrics.items():
+            assert rb["metrics"][t][m] == pytest.approx(v, rel=1e-3, abs=1e-3), (t, m)

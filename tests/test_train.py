@@ -41,7 +41,7 @@ def params(model) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("field,value", [
-    ("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("lr", float("nan")), ("optimizer", "sgd"),
+    ("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("lr", float("nan")), ("optimizer", "lbfgs"),
     ("schedule", "step"), ("amp", "fp8"), ("grad_accum", 0), ("warmup_ratio", 1.5),
     ("orth_weight", -1.0), ("max_grad_norm", 0.0), ("best_metric", "acc"), ("min_lr_ratio", 2.0),
 ])

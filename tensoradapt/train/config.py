@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 __all__ = ["TrainConfig", "RESUME_TOLERANT_FIELDS"]
 
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 AMP_MODES = ("auto", "bf16", "off")
 
@@ -25,6 +25,10 @@ class TrainConfig:
     Steps are optimiser steps: with `grad_accum = k`, k consecutive batches make one step. The schedule
     warms up linearly over `warmup_steps` (or `warmup_ratio` of all steps) from 0 to `lr`, then stays
     (`constant`) or decays to `lr * min_lr_ratio` (`linear` / `cosine`) at the last step.
+
+    Resuming reproduces an uninterrupted run bit for bit on CPU in deterministic mode (the default there)
+    with `num_workers=0`; with worker processes a run resumed mid-epoch gets other augmentation draws
+    for the rest of that epoch (workers are re-seeded per epoch, so later epochs agree again).
     """
 
     epochs: int = 10
@@ -33,7 +37,7 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adamw"
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)   # Adam/AdamW; for sgd, betas[0] is the momentum
     eps: float = 1e-8
     schedule: str = "cosine"
     warmup_steps: int = 0

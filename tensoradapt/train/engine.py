@@ -215,11 +215,8 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
 
         self.deterministic = cfg.deterministic if cfg.deterministic is not None else self.device.type == "cpu"
-        if self.deterministic:
-            if self.device.type == "cuda":
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
+        if self.deterministic and self.device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.amp_dtype = None
         if cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda"):
             self.amp_dtype = torch.bfloat16
@@ -273,8 +270,11 @@ class Trainer:
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ) if g["params"]]
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.betas[0])
+        else:
+            opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+            self.optimizer = opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
         self.scheduler = build_scheduler(
             self.optimizer, self.total_steps, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
             warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio,
@@ -429,8 +429,25 @@ class Trainer:
             cfg.save_json(self.out_dir / CONFIG)
         barrier()
 
+    @contextlib.contextmanager
+    def _determinism(self):
+        """Deterministic algorithms while this trainer runs; the caller's setting is restored after."""
+        before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+        if self.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(before[0])
+            torch.backends.cudnn.benchmark = before[1]
+
     def fit(self, resume: bool | str | Path = False) -> dict[str, Any]:
         """Train for `config.epochs` (continuing a checkpoint if `resume`); return a summary dict."""
+        with self._determinism():
+            return self._fit(resume)
+
+    def _fit(self, resume: bool | str | Path) -> dict[str, Any]:
         cfg = self.config
         self._start(resume)
         while self.epoch < cfg.epochs:
