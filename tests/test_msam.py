@@ -17,14 +17,6 @@ TASKS = {"semantic": 13, "depth": 1, "normal": 3}
 SMALL = {"a": 3, "b": 1, "c": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These ops are tiny: on a shared 2-core machine intra-op threads cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def sam():

@@ -11,14 +11,6 @@ from tensoradapt.sam._import import sam_build_module
 TASKS = {"semantic": 13, "depth": 1, "normal": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """A shared 2-core machine: one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _meta(model_type, **kw):
     with torch.device("meta"):

@@ -208,6 +208,14 @@ class TaskDelta(nn.Module, ABC):
             raise ValueError(f"{name} must be > 0, got {value}")
         return value
 
+    def _single_rank(self, ranks, name: str = "r") -> int:
+        """One positive int rank (a 1-tuple is accepted)."""
+        if isinstance(ranks, (tuple, list)):
+            if len(ranks) != 1:
+                raise ValueError(f"ranks of {type(self).__name__} must be one int {name}, got {tuple(ranks)}")
+            ranks = ranks[0]
+        return self._positive_int(ranks, "ranks")
+
     @staticmethod
     def _rank_tuple(ranks, n: int, names: str) -> tuple[int, ...]:
         if isinstance(ranks, int) and not isinstance(ranks, bool):

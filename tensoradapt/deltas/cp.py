@@ -32,11 +32,7 @@ class CPDelta(TaskDelta):
         self.reset_parameters(init)
 
     def _validate_ranks(self, ranks):
-        if isinstance(ranks, (tuple, list)):
-            if len(ranks) != 1:
-                raise ValueError(f"ranks of CPDelta must be one int R, got {tuple(ranks)}")
-            ranks = ranks[0]
-        return self._positive_int(ranks, "ranks")
+        return self._single_rank(ranks, "R")
 
     @property
     def rank(self) -> int:

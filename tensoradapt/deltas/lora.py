@@ -40,11 +40,7 @@ class LoRADelta(TaskDelta):
         self.reset_parameters(init)
 
     def _validate_ranks(self, ranks):
-        if isinstance(ranks, (tuple, list)):
-            if len(ranks) != 1:
-                raise ValueError(f"ranks of {type(self).__name__} must be one int r, got {tuple(ranks)}")
-            ranks = ranks[0]
-        r = self._positive_int(ranks, "ranks")
+        r = self._single_rank(ranks, "r")
         self._bound(r, min(self.d_out, self.d_in), "ranks r must be <= min(d_out, d_in)")
         return r
 
