@@ -173,10 +173,12 @@ def kill_at(step: int):
     return cb
 
 
-@pytest.mark.parametrize("kill_step,ckpt_every", [(5, 2), (6, 0)])
-def test_resume_after_a_kill_is_bit_identical(tmp_path, kill_step, ckpt_every):
+@pytest.mark.parametrize("kill_step,ckpt_every,workers,sample_seeds", [
+    (5, 2, 0, True), (6, 0, 0, True), (5, 2, 0, False), (5, 2, 1, True)])
+def test_resume_after_a_kill_is_bit_identical(tmp_path, kill_step, ckpt_every, workers, sample_seeds):
     """Dropout, random augmentation and accumulation all consume RNG: resumption must restore it."""
-    c = cfg(epochs=3, grad_accum=2, max_grad_norm=0.5, ckpt_every_steps=ckpt_every, orth_weight=0.01)
+    c = cfg(epochs=3, grad_accum=2, max_grad_norm=0.5, ckpt_every_steps=ckpt_every, orth_weight=0.01,
+            num_workers=workers, sample_seeds=sample_seeds)
     ref_model = make_model("tucker", dropout=0.2)
     ref = Trainer(ref_model, toy_tasks(), ToyDataset(24, augment=True), ToyDataset(8, seed=1), c,
                   out_dir=tmp_path / "ref").fit()
@@ -270,3 +272,19 @@ def test_trainable_state_holds_only_trained_params_and_buffers():
     state = trainable_state_dict(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(state) == trainable
+
+
+def test_sample_seeded_augmentation_depends_on_sample_and_epoch_only():
+    from tensoradapt.train.engine import SampleSeededDataset
+
+    ds = SampleSeededDataset(ToyDataset(16, augment=True), seed=3)
+    torch.manual_seed(0)
+    a = [ds[i]["image"] for i in range(16)]
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    b = [ds[i]["image"] for i in reversed(range(16))][::-1]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    ds.epoch = 1
+    c = [ds[i]["image"] for i in range(16)]
+    assert any(not torch.equal(x, y) for x, y in zip(a, c))  # another epoch, other flips

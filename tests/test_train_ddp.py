@@ -34,9 +34,9 @@ SCRIPT = textwrap.dedent("""
                 return {"image": img, "semantic": lab, "depth": img.mean(0, keepdim=True) + 0.5,
                         "normal": n / n.norm(dim=0, keepdim=True)}
 
-        tasks = get_tasks()
-    else:
-        Data, tasks = ToyDataset, toy_tasks()
+        tasks, train_set, val_set = get_tasks(), Data(16), Data(7, seed=1)
+    else:  # with random flips: per-sample seeding makes them independent of the process count
+        tasks, train_set, val_set = toy_tasks(), ToyDataset(16, augment=True), ToyDataset(7, seed=1)
     torch.manual_seed(0)
     model = ToyMultiTaskNet({name: spec.channels for name, spec in tasks.items()})
     adapt(model, ["fc1", "fc2"], decomp="tucker", num_tasks=len(tasks), ranks=(2, 3, 3), init="orthonormal")
@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent("""
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-2, progress=False, orth_weight=0.1,
                       max_grad_norm=0.5, warmup_steps=0)
     # 16 samples: 2 steps of 8 (one process) or 2 steps of 2 x 4 (two processes).
-    summary = Trainer(model, tasks, Data(16), Data(7, seed=1), cfg, out_dir=out,
+    summary = Trainer(model, tasks, train_set, val_set, cfg, out_dir=out,
                       dist_info=info).fit()
     if info.is_main:
         print("SUMMARY", summary["steps"], summary["world_size"])

@@ -26,9 +26,11 @@ class TrainConfig:
     warms up linearly over `warmup_steps` (or `warmup_ratio` of all steps) from 0 to `lr`, then stays
     (`constant`) or decays to `lr * min_lr_ratio` (`linear` / `cosine`) at the last step.
 
-    Resuming reproduces an uninterrupted run bit for bit on CPU in deterministic mode (the default there)
-    with `num_workers=0`; with worker processes a run resumed mid-epoch gets other augmentation draws
-    for the rest of that epoch (workers are re-seeded per epoch, so later epochs agree again).
+    Resuming reproduces an uninterrupted run bit for bit on CPU in deterministic mode (the default there).
+    With `sample_seeds` (default) each training sample's augmentation draws from an RNG seeded by
+    (seed, epoch, index), so this holds with any `num_workers`, and the augmentation of a sample does not
+    depend on the number of processes either; without it, a run resumed mid-epoch with worker processes
+    gets other augmentation draws for the rest of that epoch.
     """
 
     epochs: int = 10
@@ -56,6 +58,7 @@ class TrainConfig:
     deterministic: bool | None = None       # None: on for CPU runs, off on CUDA
     skip_nonfinite: bool = False
     num_workers: int = 0
+    sample_seeds: bool = True               # seed each training sample's augmentation by (seed, epoch, index)
     drop_last: bool = False
     log_every: int = 1                      # steps between "train" records in the JSONL log
     progress: bool = True

@@ -41,7 +41,8 @@ from .jsonl import JsonlLogger
 from .schedule import build_scheduler
 
 __all__ = [
-    "Trainer", "NonFiniteLossError", "ResumableDistributedSampler", "trainable_state_dict",
+    "Trainer", "NonFiniteLossError", "ResumableDistributedSampler", "SampleSeededDataset",
+    "trainable_state_dict",
     "load_trainable_state_dict", "seed_everything", "LAST", "BEST", "LOG", "CONFIG",
 ]
 
@@ -123,6 +124,35 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return max(0, self.num_samples - self.start)
+
+
+class SampleSeededDataset(Dataset):
+    """Runs `dataset[i]` under RNG states (torch, NumPy, Python) seeded from (seed, epoch, i), restoring the
+    caller's states afterwards.
+
+    Random augmentation then depends on the sample and the epoch only: not on the worker that loads it,
+    the number of workers or processes, nor on where a resumed run restarts. `epoch` is set by the
+    trainer before each epoch's iterator is created (workers copy it when they start).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        s = (self.seed * 1_000_003 + self.epoch * 10_007 + int(i) * 7_919 + 12_345) % (2**63 - 1)
+        py, nps = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            random.seed(s)
+            np.random.seed(s % 2**32)
+            try:
+                return self.dataset[i]
+            finally:
+                random.setstate(py)
+                np.random.set_state(nps)
 
 
 class _ShardSampler(Sampler[int]):
@@ -248,8 +278,9 @@ class Trainer:
             drop_last=cfg.drop_last,
         )
         self.loader_generator = torch.Generator()
+        self.train_source = SampleSeededDataset(train_data, cfg.seed) if cfg.sample_seeds else train_data
         self.train_loader = DataLoader(
-            train_data, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
+            self.train_source, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
             collate_fn=collate_fn, drop_last=cfg.drop_last, generator=self.loader_generator,
             pin_memory=self.device.type == "cuda",
         )
@@ -489,6 +520,8 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(start * cfg.batch_size)
         self.loader_generator.manual_seed(cfg.seed * 1_000_003 + epoch)  # worker seeds, not global RNG
+        if isinstance(self.train_source, SampleSeededDataset):
+            self.train_source.epoch = epoch
         self.model.train()
         names = list(self.tasks) + (["orthogonality"] if self.penalty_fn is not None and cfg.orth_weight > 0 else [])
         bar = tqdm(total=self.batches_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}",
