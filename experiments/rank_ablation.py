@@ -109,7 +109,7 @@ class Grid:
 
 # Sized so that the default grid takes about an hour on 2 CPU cores (42 cells, ~80 s each once the data
 # and the pretrained tiny SAM are cached), and the quick grid a couple of minutes.
-DEFAULT_RUN = dict(epochs=2, train_size=160, val_size=48, batch_size=4, progress=False, num_figures=2)
+DEFAULT_RUN = dict(epochs=2, train_size=None, val_size=100, batch_size=4, progress=False, num_figures=2)
 QUICK_RUN = dict(epochs=1, train_size=16, val_size=8, batch_size=4, progress=False, num_figures=2)
 
 
@@ -127,12 +127,37 @@ def cell_done(out: Path, cell: Cell) -> bool:
     return (out / "cells" / cell.name / sam_mtl.RESULTS).is_file()
 
 
+def stale_settings(grid: Grid, out: Path, cell: Cell) -> list[str]:
+    """Settings a finished cell was run with that differ from what the grid asks for now."""
+    res = json.loads((out / "cells" / cell.name / sam_mtl.RESULTS).read_text())
+    want = grid.experiment_config(cell, out).to_dict()
+    have = res.get("config", {})
+    return [f"{k} {have.get(k)!r} -> {v!r}" for k, v in want.items()
+            if k not in sam_mtl.RESUME_TOLERANT and have.get(k) != v]
+
+
+def seeds_on_disk(out: Path) -> set[int]:
+    """Seeds of the cells already in `out` (e.g. from sweeps run per seed in parallel)."""
+    found = set()
+    for d in (out / "cells").glob("*_s*"):
+        tail = d.name.rsplit("_s", 1)[-1]
+        if tail.isdigit():
+            found.add(int(tail))
+    return found
+
+
 def run_grid(grid: Grid, out: str | Path, log=print) -> list[dict[str, Any]]:
     """Run every unfinished cell (resuming a half-trained one), then write the table and the plots."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(json.dumps(grid.to_dict(), indent=2) + "\n")
     cells = grid.cells()
+    for c in cells:
+        stale = cell_done(out, c) and stale_settings(grid, out, c)
+        if stale:
+            raise sam_mtl.UsageError(
+                f"cell {c.name} in {out} was run with other settings ({', '.join(stale)}): "
+                "use another --out, or delete that cell to rerun it")
     todo = [c for c in cells if not cell_done(out, c)]
     log(f"[rank_ablation] {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {out}")
     t0, done_times = time.perf_counter(), []
@@ -153,10 +178,12 @@ def run_grid(grid: Grid, out: str | Path, log=print) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- table
 def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
-    """One row per finished cell, with delta-m against the same seed's LoRA-STL cell."""
+    """One row per finished cell of the grid (for its seeds and any other seed found in `out`), with
+    delta-m against the same seed's LoRA-STL cell."""
     from tensoradapt.mtl import delta_m, get_tasks
 
     results: dict[Cell, dict] = {}
+    grid = dataclasses.replace(grid, seeds=tuple(sorted(set(grid.seeds) | seeds_on_disk(out))))
     for cell in grid.cells():
         p = out / "cells" / cell.name / sam_mtl.RESULTS
         if p.is_file():

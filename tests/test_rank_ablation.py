@@ -117,3 +117,14 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     assert err.count("\n") == 0 and "svd" in err
     assert ra.main(["--quick", "--epochs", "0", "--out", str(tmp_path)]) == 2
     assert "--epochs" in capsys.readouterr().err
+
+
+def test_per_seed_sweeps_share_one_table_and_stale_cells_are_refused(tmp_path, mini_data, toy_sam):
+    out = tmp_path / "sweep"
+    for seed in (0, 1):  # e.g. two processes, one seed each
+        ra.run_grid(small_grid(mini_data, seeds=(seed,)), out, log=lambda *_: None)
+    assert sorted({r["seed"] for r in ra.load_table(out)}) == [0, 1]
+    changed = small_grid(mini_data, seeds=(0,))
+    changed.run["epochs"] = 2
+    with pytest.raises(sam_mtl.UsageError, match=r"other settings \(epochs 1 -> 2\)"):
+        ra.run_grid(changed, out, log=lambda *_: None)
