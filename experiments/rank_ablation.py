@@ -110,7 +110,7 @@ class Grid:
 # Sized so that the default grid takes about an hour on 2 CPU cores (42 cells, ~80 s each once the data
 # and the pretrained tiny SAM are cached), and the quick grid a couple of minutes.
 DEFAULT_RUN = dict(epochs=2, train_size=None, val_size=100, batch_size=4, progress=False, num_figures=2)
-QUICK_RUN = dict(epochs=1, train_size=16, val_size=8, batch_size=4, progress=False, num_figures=2)
+QUICK_RUN = dict(epochs=2, train_size=32, val_size=16, batch_size=4, progress=False, num_figures=2)
 
 
 def default_grid(seeds: Sequence[int] = (0, 1), **run) -> Grid:
@@ -352,6 +352,7 @@ def plot_metric_vs_rank(rows: list[dict], path: str | Path | None = None):
         ax.set_xticks(levels, [str(v) for v in levels])
         ax.minorticks_off()
         ax.set_xlabel("rank (r_out = r_in; R for CP)")
+        ax.ticklabel_format(axis="y", useOffset=False)
         arrow = "↑" if spec.metrics[spec.main_metric] > 0 else "↓"
         ax.set_title(f"{name}: {spec.main_metric} {arrow}")
         ax.grid(alpha=0.3)
@@ -381,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data", default=None)
     a("--data-root", default=None)
     a("--device", default=None)
+    a("--threads", type=int, default=None, help="torch intra-op threads per cell (default: torch's)")
     a("--dry-run", action="store_true", help="print the cells and exit")
     a("--table-only", action="store_true", help="only rebuild the table and the plots")
     return p
@@ -388,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def grid_from_args(args: argparse.Namespace) -> Grid:
     run = {k: getattr(args, k) for k in ("epochs", "train_size", "val_size", "batch_size", "model",
-                                         "checkpoint", "data", "data_root", "device")
+                                         "checkpoint", "data", "data_root", "device", "threads")
            if getattr(args, k) is not None}
     seeds = {"seeds": args.seeds} if args.seeds else {}
     grid = quick_grid(**seeds, **run) if args.quick else default_grid(**seeds, **run)

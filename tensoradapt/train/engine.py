@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: in notebooks that wants ipywidgets (and warns without them)
 
 from .checkpoint import (
     CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint,
