@@ -1,0 +1,31 @@
+"""notebooks/rank_ablation.ipynb executes top to bottom at the quick scale (the real tiny mSAM on the
+synthetic scenes; the first run in a fresh cache also builds the scenes and the pretrained tiny SAM)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "rank_ablation.ipynb"
+
+
+def test_rank_ablation_notebook_runs_the_quick_grid(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    out = tmp_path / "quick"
+    monkeypatch.setenv("RANK_ABLATION_OUT", str(out))  # never read or write the repo's runs/
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=1200, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.execute()
+
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 2  # the delta-m plot and the metric-vs-rank plot
+    tables = [o for o in outputs if "text/markdown" in o.get("data", {})]
+    assert tables and "| decomp |" in tables[0]["data"]["text/markdown"]
+    assert (out / "table.csv").exists() and (out / "delta_m_vs_params.png").exists()
