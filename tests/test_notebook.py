@@ -17,6 +17,7 @@ def test_rank_ablation_notebook_runs_the_quick_grid(tmp_path, monkeypatch):
     out = tmp_path / "quick"
     monkeypatch.setenv("RANK_ABLATION_OUT", str(out))  # never read or write the repo's runs/
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel is another process: same 1 thread as the suite
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=1200, kernel_name="python3",
                                      resources={"metadata": {"path": str(ROOT / "notebooks")}})
