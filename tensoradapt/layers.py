@@ -134,6 +134,12 @@ class TaskLinear(nn.Module):
             if self.task is None:
                 raise RuntimeError("no task routed to this TaskLinear: call set_task(model, task) first")
             return self._forward_merged(x, self.task)
+        if self.merged_task is None and self.task is not None and self._runs is None:
+            # Fused: the delta's up-projection accumulates straight into the frozen GEMM's fresh 2-D
+            # output (no (N, d_out) temporary, no separate add, no autograd copy of a view).
+            y = self.base(x.reshape(-1, x.shape[-1]))
+            y = self.delta.add_to_(y, self.dropout(x), self.task, self.scale)
+            return y.view(*x.shape[:-1], y.shape[-1])
         y = self.base(x)
         if self.merged_task is not None:
             routed = self.task
@@ -151,10 +157,8 @@ class TaskLinear(nn.Module):
                 "no task routed to this TaskLinear: call set_task(model, task) or use "
                 "`with task_scope(model, task):` before the forward"
             )
-        if self._runs is None:
-            # fused: the delta's up-projection accumulates straight into the frozen GEMM's output
-            return self.delta.add_to_(y, self.dropout(x), self.task, self.scale)
-        return self._add_rows(y, self.delta(self.dropout(x), self.task), self.scale)
+        d = self.delta(self.dropout(x), self.task)
+        return self._add_rows(y, d, self.scale)
 
     def _add_rows(self, y: Tensor, d: Tensor, scale: float) -> Tensor:
         """y: (..., d_out_full) + scale * d: (..., d_out) placed in `rows` (a subset of the outputs)."""

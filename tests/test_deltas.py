@@ -148,11 +148,11 @@ def test_fused_add_to_equals_base_plus_scaled_delta(spec, dtype, b, k, scale, se
     decomp, shape, ranks = spec
     delta = build(decomp, shape, ranks, dtype, seed)
     x = torch.randn(b * k, 2, shape[2], dtype=dtype)
-    y = torch.randn(b * k, 2, shape[1], dtype=dtype)
+    y = torch.randn(b * k * 2, shape[1], dtype=dtype)  # (N, d_out), rows in x's order
     ids = torch.arange(b) % shape[0]
     for task in (ids, shape[0] - 1):
-        torch.testing.assert_close(delta.add_to_(y.clone(), x, task, scale), y + scale * delta(x, task),
-                                   **TOL[dtype])
+        expected = y + scale * delta(x, task).reshape(-1, shape[1])
+        torch.testing.assert_close(delta.add_to_(y.clone(), x, task, scale), expected, **TOL[dtype])
 
 
 def test_fused_add_to_under_bf16_autocast_and_through_autograd():
@@ -161,7 +161,7 @@ def test_fused_add_to_under_bf16_autocast_and_through_autograd():
     x = torch.randn(4, 8, requires_grad=True)
     ids = torch.tensor([0, 1, 2, 1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = delta.add_to_(base(x), x, ids, 0.5)
+        y = delta.add_to_(base(x), x, ids, 0.5)  # x (4, 8): N = 4 rows
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert x.grad is not None and delta.core.grad is not None and torch.isfinite(delta.core.grad).all()

@@ -51,12 +51,15 @@ def main(argv=None) -> dict:
     x = torch.randn(samples, args.tokens // samples, d_in, device=dev)
     ids = torch.arange(samples, device=dev) % T
 
+    # a dense upstream gradient, as inside a network (sum().backward() would send a stride-0 one)
+    grad_out = torch.randn(samples, args.tokens // samples, d_out, device=dev)
+
     def step(fn):
         def run():
             xi = x.detach().requires_grad_(args.input_grad)
             y = fn(xi)
             if y.requires_grad:  # the frozen linear without input grad has no backward at all
-                y.sum().backward()
+                y.backward(grad_out)
         return run
 
     variants = {"frozen": step(base)}

@@ -130,21 +130,21 @@ class TaskDelta(nn.Module, ABC):
         return torch.bmm(h, up.transpose(1, 2)).reshape(*x.shape[:-1], self.d_out)
 
     def add_to_(self, y: Tensor, x: Tensor, task: TaskIndex, scale: float = 1.0) -> Tensor:
-        """`y += scale * delta(x, task)` in place, fused into the up-projection GEMM (returns y).
+        """`y + scale * delta(x, task)`, fused into the up-projection GEMM; returns (N, d_out).
 
-        y: (B', ..., d_out), x: (B', ..., d_in). Saves the `(..., d_out)` temporary and the separate add
-        that `y + scale * delta(x)` costs; `y` must be a tensor autograd allows to modify in place
-        (e.g. the fresh output of the frozen linear).
+        y: (N, d_out) with N = x.shape[:-1].numel() (rows in x's order), x: (B', ..., d_in). With an up
+        factor shared by the batch (Tucker, CP, shared LoRA, or any delta for an int task) the GEMM
+        accumulates into `y` in place (`addmm_`), which saves the `(N, d_out)` temporary and the separate
+        add; `y` must then be a fresh non-view tensor autograd allows to modify (e.g. the 2-D output of
+        the frozen linear; an in-place update of a view would cost autograd a copy of the gradient).
+        Per-sample up factors (TT, LoRA with mixed tasks) use one out-of-place `baddbmm`.
         """
         h, up, task = self._project(x, task)
         h, up = h.to(y.dtype), up.to(y.dtype)  # in-place ops are not autocast
-        if not y.is_contiguous():
-            y = y.contiguous()
         if up.dim() == 2:
-            y.view(-1, self.d_out).addmm_(h.reshape(-1, h.shape[-1]), up.T, alpha=scale)
-        else:
-            y.view(up.shape[0], -1, self.d_out).baddbmm_(h, up.transpose(1, 2), alpha=scale)
-        return y
+            return y.addmm_(h.reshape(-1, h.shape[-1]), up.T, alpha=scale)
+        y3 = y.view(up.shape[0], -1, self.d_out)
+        return torch.baddbmm(y3, h, up.transpose(1, 2), alpha=scale).view(-1, self.d_out)
 
     def _project(self, x: Tensor, task: TaskIndex) -> tuple[Tensor, Tensor, TaskIndex]:
         """Validate, route, and return the bottleneck activations and the up factor."""
