@@ -89,7 +89,7 @@ class ExperimentConfig:
     skip_nonfinite: bool = False
     num_workers: int = 0
     device: str = "auto"
-    threads: int = 0                      # torch intra-op threads; 0: torch's default (the core count)
+    threads: int = 0                      # torch intra-op threads; 0: auto (1 for tiny on CPU, else torch's)
     out: str | None = None                # None: runs/sam_mtl/<decomp>-seed<seed>
     baseline: str | None = None           # results.json of the single-task baseline (e.g. the lora run)
     num_figures: int = 3
@@ -271,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--skip-nonfinite", action="store_true", help="skip steps with a NaN/inf loss instead of stopping")
     a("--num-workers", type=int, default=d["num_workers"].default)
     a("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    a("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default). On a CPU shared "
-      "with other jobs, 1 thread can be several times faster than oversubscribed 2")
+    a("--threads", type=int, default=0, help="torch intra-op threads; 0 (default): 1 for the tiny model on "
+      "CPU (its ops are too small to gain from more, and on a shared CPU 2 oversubscribed threads ran 4-9x "
+      "slower), torch's default otherwise")
     a("--out", default=None, help="output folder (default runs/sam_mtl/<decomp>-seed<seed>)")
     a("--resume", action="store_true", help="continue from <out>/last.pt")
     a("--baseline", default=None, help="results.json of the single-task baseline for delta-m (e.g. the lora run)")
@@ -450,8 +451,9 @@ def run(cfg: ExperimentConfig, resume: bool = False) -> dict[str, Any]:
     except ValueError as e:
         raise UsageError(f"--device: {e}") from None
     main = info.is_main
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or (1 if info.device.type == "cpu" and cfg.model == "tiny" else 0)
+    if threads:
+        torch.set_num_threads(threads)
     out = Path(cfg.out)
     if (out / LAST).exists() and not resume:
         raise UsageError(f"{out / LAST} exists: add --resume to continue it, or choose another --out")
@@ -532,12 +534,17 @@ def run(cfg: ExperimentConfig, resume: bool = False) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from tensoradapt.train import NonFiniteLossError
+
     try:
         cfg = config_from_args(args)
         run(cfg, resume=args.resume)
     except UsageError as e:
         print(f"sam_mtl.py: error: {e}", file=sys.stderr, flush=True)
         return 2
+    except NonFiniteLossError as e:  # the last checkpoint is intact: fix the cause, then --resume
+        print(f"sam_mtl.py: error: {e}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 

@@ -235,3 +235,19 @@ def test_torchrun_two_processes_match_one_process(mini, tmp_path):
     for t, metrics in ra["metrics"].items():
         for m, v in metrics.items():
             assert rb["metrics"][t][m] == pytest.approx(v, rel=1e-3, abs=1e-3), (t, m)
+
+
+def test_nonfinite_loss_stops_with_one_line_naming_step_and_task(capsys, mini, tmp_path, monkeypatch):
+    import torch
+
+    from tensoradapt.mtl.tasks import DepthTask
+
+    real = DepthTask.loss
+    monkeypatch.setattr(DepthTask, "loss", lambda self, logits, target: real(self, logits, target) * torch.nan)
+    assert sam_mtl.main(base_args(mini, tmp_path / "r")) == 3
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 1 and "non-finite loss at step 1" in err[0] and "depth = nan" in err[0]
+    out = tmp_path / "s"
+    assert sam_mtl.main(base_args(mini, out, "--skip-nonfinite")) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["skipped_steps"] == res["steps"] == 2

@@ -571,7 +571,9 @@ class Trainer:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             lr = self.optimizer.param_groups[0]["lr"]
-            self.scheduler.step()
+            with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                self.scheduler.step()
             self.step += 1
             self.batch_in_epoch = b + 1
             now = time.perf_counter()
