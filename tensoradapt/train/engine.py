@@ -572,7 +572,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             lr = self.optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
                 self.scheduler.step()
             self.step += 1
             self.batch_in_epoch = b + 1
