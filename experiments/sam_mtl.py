@@ -516,7 +516,13 @@ def run(cfg: ExperimentConfig, resume: bool = False) -> dict[str, Any]:
             "threads": torch.get_num_threads(), "platform": platform.platform(),
             "config": cfg.to_dict(), "train_config": cfg.train_config().to_dict(),
         }
-        results["figures"] = write_figures(cfg, model, tasks, val, out, info.device)
+        try:
+            import matplotlib  # noqa: F401  (the `plot` extra)
+        except ImportError:
+            _log("matplotlib is not installed (pip install 'tensoradapt[plot]'): no figures written", main)
+            results["figures"] = []
+        else:
+            results["figures"] = write_figures(cfg, model, tasks, val, out, info.device)
         results["wall_time_s"] = time.perf_counter() - t_start
         atomic_write_text(out / RESULTS, json.dumps(results, indent=2) + "\n")
         line = "  ".join(f"{t} {m['metric']}={m['value']:.4g}" for t, m in results["main_metrics"].items()
