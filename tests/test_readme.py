@@ -1,4 +1,4 @@
-"""The README's Python tour runs as written."""
+"""The README's Python tour runs as written (```python blocks; ```py blocks need external files)."""
 import re
 from pathlib import Path
 
