@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .deltas import DELTA_CLASSES, INITS, TaskDelta, check_task_index, make_delta
 from .deltas.base import TaskIndex
+from .io import dataclass_kwargs
 from .layers import TaskLinear, qkv_rows
 
 __all__ = [
@@ -61,12 +62,7 @@ class AdapterConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "AdapterConfig":
-        data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown adapter config keys {sorted(unknown)}")
-        return cls(**data)
+        return cls(**dataclass_kwargs(cls, json.loads(text)))
 
 
 def _matcher(targets: Targets) -> Callable[[str, nn.Module], bool]:

@@ -1,13 +1,14 @@
 """Atomic writes: a file is either the old version or the complete new one, never half-written."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "dataclass_kwargs"]
 
 
 @contextmanager
@@ -26,3 +27,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def dataclass_kwargs(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` as keyword arguments for the dataclass `cls`, refusing keys it has no field for (a config
+    JSON from another version or a typo must not be half-read)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    return dict(data)

@@ -44,6 +44,7 @@ from torch.utils.checkpoint import checkpoint
 from ..deltas import DECOMPS as DELTA_DECOMPS
 from ..deltas import INITS, parse_ranks
 from ..inject import adapt, mark_trainable, task_deltas, task_linears, task_scope
+from ..io import dataclass_kwargs
 from ..layers import qkv_rows
 from ._import import sam_modeling
 from .checkpoint import NO_MASK_KEY, PE_KEY, fit_sam_state_dict, read_sam_checkpoint
@@ -82,12 +83,8 @@ def default_ranks(decomp: str, config: SamConfig):
 
 
 def _sam_config_from_dict(data: Mapping[str, Any]) -> SamConfig:
-    known = {f.name for f in dataclasses.fields(SamConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown SamConfig keys {unknown}")
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return SamConfig(**data)
+    data = dataclass_kwargs(SamConfig, data)
+    return SamConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -170,11 +167,7 @@ class MSamConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MSamConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MSamConfig keys {unknown}")
-        data = dict(data)
+        data = dataclass_kwargs(cls, data)
         if isinstance(data.get("ranks"), list):
             data["ranks"] = tuple(data["ranks"])
         return cls(**data)

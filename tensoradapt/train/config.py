@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..io import dataclass_kwargs
+
 __all__ = ["TrainConfig", "RESUME_TOLERANT_FIELDS"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -119,11 +121,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}")
-        return cls(**dict(d))
+        return cls(**dataclass_kwargs(cls, d))
 
     def save_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
