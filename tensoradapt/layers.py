@@ -130,35 +130,36 @@ class TaskLinear(nn.Module):
         return self.merged_task is not None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.merged_inference and self.merged_task is None and not torch.is_grad_enabled():
-            if self.task is None:
-                raise RuntimeError("no task routed to this TaskLinear: call set_task(model, task) first")
-            return self._forward_merged(x, self.task)
-        if self.merged_task is None and self.task is not None and self._runs is None:
-            # Fused: the delta's up-projection accumulates straight into the frozen GEMM's fresh 2-D
-            # output (no (N, d_out) temporary, no separate add, no autograd copy of a view).
-            y = self.base(x.reshape(-1, x.shape[-1]))
-            y = self.delta.add_to_(y, self.dropout(x), self.task, self.scale)
-            return y.view(*x.shape[:-1], y.shape[-1])
-        y = self.base(x)
         if self.merged_task is not None:
-            routed = self.task
-            if isinstance(routed, Tensor):  # merged layers serve inference: a host sync is acceptable
-                others = routed[routed != self.merged_task]
-                routed = int(others[0]) if others.numel() else self.merged_task
-            if routed is not None and routed != self.merged_task:
-                raise RuntimeError(
-                    f"layer is merged for task {self.merged_task} but task {routed} was routed; "
-                    "call unmerge() first"
-                )
-            return y
+            self._check_merged_routing()
+            return self.base(x)
         if self.task is None:
             raise RuntimeError(
                 "no task routed to this TaskLinear: call set_task(model, task) or use "
                 "`with task_scope(model, task):` before the forward"
             )
-        d = self.delta(self.dropout(x), self.task)
-        return self._add_rows(y, d, self.scale)
+        if self.merged_inference and not torch.is_grad_enabled():
+            return self._forward_merged(x, self.task)
+        if self._runs is None:
+            # Fused: the delta's up-projection accumulates straight into the frozen GEMM's fresh 2-D
+            # output (no (N, d_out) temporary, no separate add, no autograd copy of a view).
+            y = self.base(x.reshape(-1, x.shape[-1]))
+            y = self.delta.add_to_(y, self.dropout(x), self.task, self.scale)
+            return y.view(*x.shape[:-1], y.shape[-1])
+        return self._add_rows(self.base(x), self.delta(self.dropout(x), self.task), self.scale)
+
+    def _check_merged_routing(self) -> None:
+        """A merged layer serves only its merged task (a host sync for per-sample ids is acceptable:
+        merged layers serve inference)."""
+        routed = self.task
+        if isinstance(routed, Tensor):
+            others = routed[routed != self.merged_task]
+            routed = int(others[0]) if others.numel() else self.merged_task
+        if routed is not None and routed != self.merged_task:
+            raise RuntimeError(
+                f"layer is merged for task {self.merged_task} but task {routed} was routed; "
+                "call unmerge() first"
+            )
 
     def _add_rows(self, y: Tensor, d: Tensor, scale: float) -> Tensor:
         """y: (..., d_out_full) + scale * d: (..., d_out) placed in `rows` (a subset of the outputs)."""

@@ -48,14 +48,7 @@ def plot_loss_curves(log: str | Path | Sequence[Mapping[str, Any]], path: str | 
         if key == "loss/orthogonality" and ys and min(ys) > 0:
             ax.set_yscale("log")
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title, dpi=110)
 
 
 def _colorize_labels(lab: np.ndarray, num_classes: int | None = None) -> np.ndarray:
@@ -119,11 +112,16 @@ def plot_predictions(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    return _save(fig, path, title, dpi=100)
+
+
+def _save(fig, path: str | Path, title: str | None, dpi: int) -> Path:
+    """Title, lay out, write (creating the folder) and close a figure; return its path."""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
     return path
