@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -17,7 +18,8 @@ def test_bench_deltas_runs(tmp_path):
     from experiments.benchmarks import bench_deltas
 
     out = tmp_path / "deltas.json"
-    bench_deltas.main(["--d-in", "32", "--d-out", "96", "--tokens", "64", "--repeats", "1", "--out", str(out)])
+    bench_deltas.main(["--d-in", "32", "--d-out", "96", "--tokens", "64", "--repeats", "1", "--malloc", "system",
+                       "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert {r["decomp"] for r in rows} == {"tucker", "cp", "tt", "lora", "shared-lora"}
     assert all(r["delta_speedup"] > 0 and r["mixed_vs_split"] > 0 for r in rows)
@@ -28,7 +30,8 @@ def test_bench_tensorly_runs(tmp_path):
     from experiments.benchmarks import bench_tensorly
 
     out = tmp_path / "tl.json"
-    bench_tensorly.main(["--fit-dims", "40,40", "--tokens", "16", "--repeats", "1", "--out", str(out)])
+    bench_tensorly.main(["--fit-dims", "40,40", "--tokens", "16", "--repeats", "1", "--malloc", "system",
+                         "--out", str(out)])
     payload = json.loads(out.read_text())
     for row in payload["fit"]:  # our wrapper and tensorly fit the same tensor equally well
         assert row["err ours"] == pytest.approx(row["err tensorly"], rel=1e-3, abs=1e-6)
@@ -38,7 +41,23 @@ def test_bench_msam_runs(tmp_path):
     from experiments.benchmarks import bench_msam
 
     out = tmp_path / "msam.json"
-    bench_msam.main(["--image-size", "64", "--batch", "1", "--repeats", "1", "--out", str(out)])
+    bench_msam.main(["--image-size", "64", "--batch", "1", "--repeats", "1", "--malloc", "system",
+                     "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
     whats = " ".join(r["what"] for r in rows)
     assert "floor" in whats and "merged" in whats and "activations saved" in whats
+
+
+def test_peak_tensor_bytes_replays_allocations_in_order():
+    """4 MB and 2 MB live together, then 4 MB is freed before 1 MB more: the peak is 6 MB, not 7 MB."""
+    from experiments.benchmarks.common import peak_tensor_bytes
+
+    def fn():
+        a = torch.ones(1_000_000)
+        b = torch.ones(500_000)
+        del a
+        c = torch.ones(250_000)
+        return b, c
+
+    assert peak_tensor_bytes(fn) == 6_000_000
+    assert peak_tensor_bytes(lambda: torch.ones(10) + 1) >= 40

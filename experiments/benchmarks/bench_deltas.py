@@ -25,7 +25,9 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from experiments.benchmarks.common import interleaved_medians, machine_info, print_table, write_json  # noqa: E402
+from experiments.benchmarks.common import (  # noqa: E402
+    add_malloc_arg, interleaved_medians, machine_info, print_table, steady_allocator, write_json,
+)
 from tensoradapt import TaskLinear, make_delta  # noqa: E402
 
 RANKS = {"tucker": (4, 32, 32), "cp": 32, "tt": (4, 32), "lora": 32, "shared-lora": 32}
@@ -42,7 +44,10 @@ def main(argv=None) -> dict:
     p.add_argument("--input-grad", action="store_true", help="also back-propagate to the layer input")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/benchmarks/bench_deltas.json")
+    add_malloc_arg(p)
     args = p.parse_args(argv)
+    if args.malloc == "steady":
+        steady_allocator()
     torch.manual_seed(0)
     dev = torch.device(args.device)
     T, d_out, d_in = args.tasks, args.d_out, args.d_in

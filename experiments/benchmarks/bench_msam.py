@@ -12,8 +12,12 @@ Every comparison runs side by side in one process (variants interleaved, medians
 - infer: one task with its delta merged vs the plain SAM encoder; all T tasks (cached per-task merged
   weights, and the factored path) vs T plain encoder passes.
 - mixed: one mixed-task batch of B*T samples vs a loop over tasks (encoder forward + backward).
-- memory: peak memory of one training step, adapted vs the floor (CPU: growth of the peak RSS over one
-  warmed-up step, in a fresh subprocess per variant; CUDA: torch.cuda.max_memory_allocated).
+- memory: one training step of tucker and lora vs the floor: the activations autograd saves for backward;
+  the peak tensor memory (CUDA: torch.cuda.max_memory_allocated; CPU: the same replayed from the
+  profiler's memory records); on CPU also the growth of the peak RSS over one warmed-up step, in a fresh
+  subprocess per variant (that one depends on when glibc returns pages, so it is informational).
+Timing runs keep freed memory in the process (`--malloc steady`, see common.steady_allocator) so that
+page faults do not blur the ratios; the RSS children use the system default.
 Targets (issue 7): step <= 1.05x lora and <= 1.15x floor; merged <= 1.02x plain; all-task <= 1.05x
 T plain passes; mixed <= 1.05x the loop; peak memory <= 1.10x the floor.
 """
@@ -29,7 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from experiments.benchmarks.common import interleaved_medians, machine_info, print_table, write_json  # noqa: E402
+from experiments.benchmarks.common import (  # noqa: E402
+    add_malloc_arg, interleaved_medians, machine_info, peak_tensor_bytes, print_table, steady_allocator, write_json,
+)
 from tensoradapt import merge_adapters, set_merged_inference, task_linears, task_scope, unmerge_adapters  # noqa: E402
 from tensoradapt.sam import build_msam  # noqa: E402
 from tensoradapt.sam.msam import PAPER_RANKS  # noqa: E402
@@ -177,7 +183,7 @@ def bench_time(args) -> tuple[list[dict], dict]:
     return rows, timings
 
 
-_MEMORY_CHILD = r"""
+_MEMORY_CHILD = r"""  # CPU only: the growth of the peak RSS over one warmed-up step
 import json, sys, torch
 sys.path.insert(0, {root!r})
 from experiments.benchmarks import bench_msam as b
@@ -190,16 +196,12 @@ step = b.train_step(model, images)
 def status_kb(key):
     with open("/proc/self/status") as f:
         return int(next(l for l in f if l.startswith(key)).split()[1])
-if args.device.startswith("cuda"):
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-    step(); torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated() - base
-else:
-    step()  # warm-up: allocator pools and lazy inits are not the step's own memory
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
-    base = status_kb("VmRSS") * 1024
-    step()
-    peak = status_kb("VmHWM") * 1024 - base
+step()  # warm-up: allocator pools and lazy inits are not the step's own memory
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+base = status_kb("VmRSS") * 1024
+step()
+peak = status_kb("VmHWM") * 1024 - base
 print(json.dumps({{"peak_bytes": peak}}))
 """
 
@@ -225,23 +227,37 @@ def saved_activation_bytes(model, images) -> int:
 
 
 def bench_memory(args, argv) -> list[dict]:
+    """Training-step memory of tucker and lora against the gradient floor, measured three ways."""
     root = str(Path(__file__).resolve().parents[2])
-    peak, saved = {}, {}
     images = torch.rand(args.batch, 3, args.image_size, args.image_size).to(args.device)
-    for floor in (False, True):
-        name = "floor" if floor else "tucker"
-        code = _MEMORY_CHILD.format(root=root, argv=argv, floor=floor)
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        peak[name] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
-        model = build(args, "tucker").train()
-        saved[name] = saved_activation_bytes(switch_off_deltas(model) if floor else model, images)
-    return [
-        {"what": "activations saved for backward, tucker vs floor", "MiB": saved["tucker"] / 2**20,
-         "floor MiB": saved["floor"] / 2**20, "ratio": saved["tucker"] / max(saved["floor"], 1)},
-        {"what": f"peak {'CUDA' if args.device.startswith('cuda') else 'RSS'} growth of a train step, tucker vs floor",
-         "MiB": peak["tucker"] / 2**20, "floor MiB": peak["floor"] / 2**20,
-         "ratio": peak["tucker"] / max(peak["floor"], 1)},
-    ]
+    saved, peak = {}, {}
+    for name in ("tucker", "lora", "floor"):
+        model = build(args, "tucker" if name == "floor" else name).train()
+        if name == "floor":
+            switch_off_deltas(model)
+        saved[name] = saved_activation_bytes(model, images)
+        step = train_step(model, images)
+        step()  # warm-up: lazy inits and workspaces are not the step's own memory
+        peak[name] = peak_tensor_bytes(step, args.device)
+        del model, step
+    rss = {}
+    if not args.device.startswith("cuda"):
+        for name in ("tucker", "floor"):
+            code = _MEMORY_CHILD.format(root=root, argv=argv, floor=name == "floor")
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            rss[name] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
+    where = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "tensors, profiler replay"
+    rows = []
+    for name in ("tucker", "lora"):
+        rows.append({"what": f"activations saved for backward, {name} vs floor", "MiB": saved[name] / 2**20,
+                     "floor MiB": saved["floor"] / 2**20, "ratio": saved[name] / max(saved["floor"], 1)})
+        rows.append({"what": f"peak memory of a train step ({where}), {name} vs floor", "MiB": peak[name] / 2**20,
+                     "floor MiB": peak["floor"] / 2**20, "ratio": peak[name] / max(peak["floor"], 1)})
+    if rss:
+        rows.append({"what": "peak RSS growth of a train step, tucker vs floor (allocator-dependent)",
+                     "MiB": rss["tucker"] / 2**20, "floor MiB": rss["floor"] / 2**20,
+                     "ratio": rss["tucker"] / max(rss["floor"], 1)})
+    return rows
 
 
 def parse_args(argv=None):
@@ -252,6 +268,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-memory", action="store_true")
+    add_malloc_arg(p)
     p.add_argument("--out", default=None, help="JSON path (default runs/benchmarks/bench_msam_<model>.json)")
     return p.parse_args(argv)
 
@@ -259,6 +276,8 @@ def parse_args(argv=None):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.malloc == "steady":
+        steady_allocator()
     rows, timings = bench_time(args)
     if not args.skip_memory:
         rows += bench_memory(args, argv)

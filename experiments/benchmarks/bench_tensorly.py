@@ -18,7 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from experiments.benchmarks.common import interleaved_medians, machine_info, print_table, write_json  # noqa: E402
+from experiments.benchmarks.common import (  # noqa: E402
+    add_malloc_arg, interleaved_medians, machine_info, print_table, steady_allocator, write_json,
+)
 from tensoradapt import CPDelta, TTDelta, TuckerDelta  # noqa: E402
 from tensoradapt.fit import relative_error  # noqa: E402
 
@@ -103,7 +105,10 @@ def main(argv=None):
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="runs/benchmarks/bench_tensorly.json")
+    add_malloc_arg(p)
     args = p.parse_args(argv)
+    if args.malloc == "steady":
+        steady_allocator()
     fo, fi = (int(v) for v in args.fit_dims.split(","))
     print(f"fit: dense ({args.tasks}, {fo}, {fi}) float64, medians of {args.repeats}")
     fit_rows, fit_t = bench_fit(args.tasks, fo, fi, args.repeats)
