@@ -2,7 +2,7 @@
 
     python experiments/benchmarks/bench_msam.py                      # tiny, 128², batch 4, T=3
     python experiments/benchmarks/bench_msam.py --model vit_b --image-size 256 --batch 2
-    python experiments/benchmarks/bench_msam.py --model vit_b --image-size 1024 --device cuda  # on a GPU
+    python experiments/benchmarks/bench_msam.py --model vit_b --image-size 1024 --device cuda --amp bf16  # GPU
 
 Every comparison runs side by side in one process (variants interleaved, medians of repeated runs):
 - train: one training step (forward of all T tasks, a loss, backward) per decomposition at the paper's
@@ -78,6 +78,18 @@ def plain_encoder(model):
 
 def args_device(model):
     return next(model.parameters()).device
+
+
+def with_amp(args, fn):
+    """`fn` under bf16 autocast when `--amp bf16` (the usual GPU setting), else `fn` itself."""
+    if args.amp == "none":
+        return fn
+    device_type = torch.device(args.device).type
+
+    def run():
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+            return fn()
+    return run
 
 
 def train_step(model, images):
@@ -156,12 +168,13 @@ def bench_time(args) -> tuple[list[dict], dict]:
         for p in menc.parameters():
             p.grad = None
 
-    timings = interleaved_medians({**variants, **infer, "mixed/mixed": mixed, "mixed/loop": loop},
+    timed = {**variants, **infer, "mixed/mixed": mixed, "mixed/loop": loop}
+    timings = interleaved_medians({k: with_amp(args, fn) for k, fn in timed.items()},
                                   repeats=args.repeats, device=dev)
     # merged single task is measured alone (merging changes the shared weights of `enc`)
     merge_adapters(enc, 1)
-    timings.update(interleaved_medians({"infer/merged_one": no_grad(merged_one),
-                                        "infer/plain_again": no_grad(lambda: plain(x))},
+    timings.update(interleaved_medians({"infer/merged_one": with_amp(args, no_grad(merged_one)),
+                                        "infer/plain_again": with_amp(args, no_grad(lambda: plain(x)))},
                                        repeats=args.repeats, device=dev))
     unmerge_adapters(enc)
     med = {k: v["median_s"] for k, v in timings.items()}
@@ -192,7 +205,7 @@ model = b.build(args, "tucker").train()
 if {floor!r}:
     b.switch_off_deltas(model)
 images = torch.rand(args.batch, 3, args.image_size, args.image_size).to(args.device)
-step = b.train_step(model, images)
+step = b.with_amp(args, b.train_step(model, images))
 def status_kb(key):
     with open("/proc/self/status") as f:
         return int(next(l for l in f if l.startswith(key)).split()[1])
@@ -235,8 +248,8 @@ def bench_memory(args, argv) -> list[dict]:
         model = build(args, "tucker" if name == "floor" else name).train()
         if name == "floor":
             switch_off_deltas(model)
-        saved[name] = saved_activation_bytes(model, images)
-        step = train_step(model, images)
+        saved[name] = with_amp(args, lambda: saved_activation_bytes(model, images))()
+        step = with_amp(args, train_step(model, images))
         step()  # warm-up: lazy inits and workspaces are not the step's own memory
         peak[name] = peak_tensor_bytes(step, args.device)
         del model, step
@@ -268,6 +281,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none",
+                   help="run every variant under torch.autocast in bfloat16 (use on a GPU)")
     add_malloc_arg(p)
     p.add_argument("--out", default=None, help="JSON path (default runs/benchmarks/bench_msam_<model>.json)")
     return p.parse_args(argv)
@@ -282,6 +297,7 @@ def main(argv=None):
     if not args.skip_memory:
         rows += bench_memory(args, argv)
     print(f"\nmSAM {args.model} at {args.image_size}², batch {args.batch}, T={len(TASKS)}, {args.device}, "
+          f"amp {args.amp}, "
           f"{torch.get_num_threads()} threads, medians of {args.repeats}")
     cols = ["what", "ranks", "ms", "vs lora", "vs floor", "ratio", "MiB", "floor MiB"]
     table = print_table(rows, cols)
