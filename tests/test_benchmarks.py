@@ -54,6 +54,20 @@ def test_bench_msam_runs(tmp_path):
     assert saved["bf16"] != saved["none"]
 
 
+def test_bench_compile_runs_without_graph_breaks_and_matches_eager(tmp_path):
+    """The whole mSAM (task routing included) traces into one graph and the compiled model computes
+    what the eager one does. aot_eager traces forward and backward like inductor, without a C++ build."""
+    from experiments.benchmarks import bench_compile
+
+    out = tmp_path / "compile.json"
+    bench_compile.main(["--image-size", "64", "--batch", "1", "--repeats", "1", "--backend", "aot_eager",
+                        "--malloc", "system", "--out", str(out)])
+    payload = json.loads(out.read_text())
+    assert payload["graph_breaks"] == 0
+    assert payload["max_abs_diff"] <= 1e-4 * max(payload["output_scale"], 1.0)
+    assert {r["what"].split()[0] for r in payload["rows"]} == {"train", "infer"}
+
+
 def test_peak_tensor_bytes_replays_allocations_in_order():
     """4 MB and 2 MB live together, then 4 MB is freed before 1 MB more: the peak is 6 MB, not 7 MB."""
     from experiments.benchmarks.common import peak_tensor_bytes
