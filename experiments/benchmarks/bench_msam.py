@@ -44,11 +44,11 @@ TASKS = {"semantic": 13, "depth": 1, "normal": 3}
 DECOMPS = ("tucker", "cp", "tt", "lora", "shared-lora")
 
 
-def build(args, decomp, seed=0):
+def build(args, decomp, seed=0, grad_checkpointing=False):
     torch.manual_seed(seed)
     ranks = PAPER_RANKS.get(decomp)
     model = build_msam(args.model, TASKS, decomp=decomp, ranks=ranks, image_size=args.image_size,
-                       dropout=0.0).to(args.device)
+                       dropout=0.0, grad_checkpointing=grad_checkpointing).to(args.device)
     # non-zero deltas so that no work is skipped or trivially zero
     with torch.no_grad():
         for _, layer in task_linears(model):
@@ -111,6 +111,7 @@ def bench_time(args) -> tuple[list[dict], dict]:
     floor = switch_off_deltas(build(args, "tucker").train())
     variants = {f"train/{d}": train_step(m, images) for d, m in models.items()}
     variants["train/floor"] = train_step(floor, images)
+    variants["train/tucker+ckpt"] = train_step(build(args, "tucker", grad_checkpointing=True).train(), images)
 
     # inference (no grad), encoder only, on the preprocessed input
     tucker = models["tucker"].eval()
@@ -171,11 +172,12 @@ def bench_time(args) -> tuple[list[dict], dict]:
     timed = {**variants, **infer, "mixed/mixed": mixed, "mixed/loop": loop}
     timings = interleaved_medians({k: with_amp(args, fn) for k, fn in timed.items()},
                                   repeats=args.repeats, device=dev)
-    # merged single task is measured alone (merging changes the shared weights of `enc`)
+    # merged single task is measured alone (merging changes the shared weights of `enc`); it runs the
+    # plain encoder's very ops, so it gets more rounds (cheap next to the training steps) against noise
     merge_adapters(enc, 1)
     timings.update(interleaved_medians({"infer/merged_one": with_amp(args, no_grad(merged_one)),
                                         "infer/plain_again": with_amp(args, no_grad(lambda: plain(x)))},
-                                       repeats=args.repeats, device=dev))
+                                       repeats=3 * args.repeats, device=dev))
     unmerge_adapters(enc)
     med = {k: v["median_s"] for k, v in timings.items()}
     rows = []
@@ -185,6 +187,9 @@ def bench_time(args) -> tuple[list[dict], dict]:
             "vs lora": med[f"train/{d}"] / med["train/lora"], "vs floor": med[f"train/{d}"] / med["train/floor"],
         })
     rows.append({"what": "train step floor (deltas off)", "ms": 1e3 * med["train/floor"], "vs floor": 1.0})
+    rows.append({"what": "train step tucker, activation checkpointing", "ranks": str(PAPER_RANKS["tucker"]),
+                 "ms": 1e3 * med["train/tucker+ckpt"], "vs lora": med["train/tucker+ckpt"] / med["train/lora"],
+                 "vs floor": med["train/tucker+ckpt"] / med["train/floor"]})
     rows.append({"what": "infer 1 task merged vs plain", "ms": 1e3 * med["infer/merged_one"],
                  "ratio": med["infer/merged_one"] / med["infer/plain_again"]})
     rows.append({"what": "infer all tasks, merged weights vs T plain", "ms": 1e3 * med["infer/all_merged"],
@@ -240,15 +245,19 @@ def saved_activation_bytes(model, images) -> int:
 
 
 def bench_memory(args, argv) -> list[dict]:
-    """Training-step memory of tucker and lora against the gradient floor, measured three ways."""
+    """Training-step memory of tucker and lora against the gradient floor, measured three ways, and the
+    peak of tucker with activation checkpointing (its saved tensors live inside torch.utils.checkpoint,
+    out of the saved-tensor hooks' sight, so only the peak is reported for it)."""
     root = str(Path(__file__).resolve().parents[2])
     images = torch.rand(args.batch, 3, args.image_size, args.image_size).to(args.device)
     saved, peak = {}, {}
-    for name in ("tucker", "lora", "floor"):
-        model = build(args, "tucker" if name == "floor" else name).train()
+    for name in ("tucker", "lora", "floor", "tucker+ckpt"):
+        model = build(args, name.split("+")[0] if name != "floor" else "tucker",
+                      grad_checkpointing=name.endswith("+ckpt")).train()
         if name == "floor":
             switch_off_deltas(model)
-        saved[name] = with_amp(args, lambda: saved_activation_bytes(model, images))()
+        if not name.endswith("+ckpt"):
+            saved[name] = with_amp(args, lambda: saved_activation_bytes(model, images))()
         step = with_amp(args, train_step(model, images))
         step()  # warm-up: lazy inits and workspaces are not the step's own memory
         peak[name] = peak_tensor_bytes(step, args.device)
@@ -266,6 +275,9 @@ def bench_memory(args, argv) -> list[dict]:
                      "floor MiB": saved["floor"] / 2**20, "ratio": saved[name] / max(saved["floor"], 1)})
         rows.append({"what": f"peak memory of a train step ({where}), {name} vs floor", "MiB": peak[name] / 2**20,
                      "floor MiB": peak["floor"] / 2**20, "ratio": peak[name] / max(peak["floor"], 1)})
+    rows.append({"what": f"peak memory of a train step ({where}), tucker + activation checkpointing vs floor",
+                 "MiB": peak["tucker+ckpt"] / 2**20, "floor MiB": peak["floor"] / 2**20,
+                 "ratio": peak["tucker+ckpt"] / max(peak["floor"], 1)})
     if rss:
         rows.append({"what": "peak RSS growth of a train step, tucker vs floor (allocator-dependent)",
                      "MiB": rss["tucker"] / 2**20, "floor MiB": rss["floor"] / 2**20,
