@@ -21,14 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from experiments.benchmarks.bench_msam import TASKS, build  # noqa: E402
+from experiments.benchmarks.bench_msam import TASKS, build, no_grad, train_step  # noqa: E402
 from experiments.benchmarks.common import (  # noqa: E402
     add_malloc_arg, interleaved_medians, machine_info, print_table, steady_allocator, write_json,
 )
-
-
-def loss_of(out: dict[str, torch.Tensor]) -> torch.Tensor:
-    return sum(o.float().pow(2).mean() for o in out.values())
 
 
 def parse_args(argv=None):
@@ -62,19 +58,6 @@ def main(argv=None):
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=args.backend)
 
-    def train(m):
-        def step():
-            loss_of(m(images)).backward()
-            for p in m.parameters():
-                p.grad = None
-        return step
-
-    def infer(m):
-        def run():
-            with torch.no_grad():
-                m(images)
-        return run
-
     # compile (and check) each mode once, timing the one-off cost
     compile_s = {}
     for mode, grad in (("train", True), ("infer", False)):
@@ -88,8 +71,8 @@ def main(argv=None):
     scale = max(ref[k].abs().max().item() for k in ref)
 
     timings = interleaved_medians(
-        {"train/eager": train(eager), "train/compiled": train(compiled),
-         "infer/eager": infer(eager), "infer/compiled": infer(compiled)},
+        {"train/eager": train_step(eager, images), "train/compiled": train_step(compiled, images),
+         "infer/eager": no_grad(lambda: eager(images)), "infer/compiled": no_grad(lambda: compiled(images))},
         repeats=args.repeats, device=dev,
     )
     med = {k: v["median_s"] for k, v in timings.items()}

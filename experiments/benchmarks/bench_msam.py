@@ -92,14 +92,26 @@ def with_amp(args, fn):
     return run
 
 
+def loss_of(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A stand-in training loss over every task's logits (float32, as under autocast)."""
+    return sum(o.float().pow(2).mean() for o in out.values())
+
+
 def train_step(model, images):
+    """One training step: forward of every task, `loss_of`, backward; gradients dropped after."""
     def step():
-        out = model(images)
-        loss = sum(o.float().pow(2).mean() for o in out.values())
-        loss.backward()
+        loss_of(model(images)).backward()
         for p in model.parameters():
             p.grad = None
     return step
+
+
+def no_grad(fn):
+    """`fn` run under torch.no_grad (an inference variant)."""
+    def run():
+        with torch.no_grad():
+            fn()
+    return run
 
 
 def bench_time(args) -> tuple[list[dict], dict]:
@@ -119,12 +131,6 @@ def bench_time(args) -> tuple[list[dict], dict]:
     plain = plain_encoder(tucker)
     enc = tucker.image_encoder
     ids = torch.arange(T, device=dev).repeat_interleave(args.batch)
-
-    def no_grad(fn):
-        def run():
-            with torch.no_grad():
-                fn()
-        return run
 
     def merged_one():
         with task_scope(enc, 1):
@@ -237,8 +243,7 @@ def saved_activation_bytes(model, images) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(images)
-        loss = sum(o.float().pow(2).mean() for o in out.values())
+        loss = loss_of(model(images))
     loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(seen.values())
@@ -251,12 +256,14 @@ def bench_memory(args, argv) -> list[dict]:
     root = str(Path(__file__).resolve().parents[2])
     images = torch.rand(args.batch, 3, args.image_size, args.image_size).to(args.device)
     saved, peak = {}, {}
-    for name in ("tucker", "lora", "floor", "tucker+ckpt"):
-        model = build(args, name.split("+")[0] if name != "floor" else "tucker",
-                      grad_checkpointing=name.endswith("+ckpt")).train()
+    # name -> (decomposition, activation checkpointing); "floor" is tucker with its deltas switched off
+    variants = {"tucker": ("tucker", False), "lora": ("lora", False), "floor": ("tucker", False),
+                "tucker+ckpt": ("tucker", True)}
+    for name, (decomp, ckpt) in variants.items():
+        model = build(args, decomp, grad_checkpointing=ckpt).train()
         if name == "floor":
             switch_off_deltas(model)
-        if not name.endswith("+ckpt"):
+        if not ckpt:
             saved[name] = with_amp(args, lambda: saved_activation_bytes(model, images))()
         step = with_amp(args, train_step(model, images))
         step()  # warm-up: lazy inits and workspaces are not the step's own memory
