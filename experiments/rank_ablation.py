@@ -220,7 +220,7 @@ def write_outputs(grid: Grid, out: Path) -> list[dict[str, Any]]:
     rows = collect_rows(grid, out)
     if not rows:
         return rows
-    from tensoradapt.train.checkpoint import atomic_write_text
+    from tensoradapt._utils import atomic_write_text
 
     keys = list(dict.fromkeys(k for r in rows for k in r))
     atomic_write_text(out / TABLE_JSON, json.dumps({"grid": grid.to_dict(), "rows": rows}, indent=2) + "\n")
@@ -235,7 +235,7 @@ def write_outputs(grid: Grid, out: Path) -> list[dict[str, Any]]:
 def _write_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
     import io
 
-    from tensoradapt.train.checkpoint import atomic_write_text
+    from tensoradapt._utils import atomic_write_text
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys)

@@ -444,7 +444,7 @@ def run(cfg: ExperimentConfig, resume: bool = False) -> dict[str, Any]:
     from tensoradapt.mtl import get_tasks
     from tensoradapt.train import LAST, CheckpointError, Trainer, cleanup_distributed, init_distributed
     from tensoradapt.train.distributed import barrier
-    from tensoradapt.train.checkpoint import atomic_write_text
+    from tensoradapt._utils import atomic_write_text
 
     try:
         info = init_distributed(cfg.device)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .deltas import DELTA_CLASSES, INITS, TaskDelta, check_task_index, make_delta
 from .deltas.base import TaskIndex
-from .io import dataclass_kwargs
+from ._utils import dataclass_kwargs
 from .layers import TaskLinear, qkv_rows
 
 __all__ = [
@@ -307,7 +307,7 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     """Write `adapter_model.safetensors` + `adapter_config.json` into `directory` (atomically)."""
     from safetensors.torch import save_file
 
-    from .io import atomic_path
+    from ._utils import atomic_path
 
     configs: list[AdapterConfig] = getattr(model, "tensoradapt_configs", [])
     if not configs:

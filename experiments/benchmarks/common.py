@@ -152,7 +152,7 @@ def print_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    from tensoradapt.io import atomic_path
+    from tensoradapt._utils import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

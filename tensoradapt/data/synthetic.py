@@ -1079,7 +1079,7 @@ def synthetic_is_complete(root: str | os.PathLike, n_train: int | None = None, n
 def default_synthetic_root(n_train: int = DEFAULT_N_TRAIN, n_val: int = DEFAULT_N_VAL, seed: int = 0,
                            height: int = 288, width: int = 384) -> Path:
     """The cache folder of a synthetic dataset: ``cache_dir("synthetic", "v<version>-<params>")``."""
-    from ..cache import cache_dir
+    from .._utils import cache_dir
 
     name = f"v{SYNTHETIC_VERSION}-train{n_train}-val{n_val}-seed{seed}-{height}x{width}"
     return cache_dir("synthetic", name)

@@ -44,7 +44,7 @@ from torch.utils.checkpoint import checkpoint
 from ..deltas import DECOMPS as DELTA_DECOMPS
 from ..deltas import INITS, parse_ranks
 from ..inject import adapt, mark_trainable, task_deltas, task_linears, task_scope
-from ..io import dataclass_kwargs
+from .._utils import dataclass_kwargs
 from ..layers import qkv_rows
 from ._import import sam_modeling
 from .checkpoint import NO_MASK_KEY, PE_KEY, fit_sam_state_dict, read_sam_checkpoint
@@ -592,7 +592,7 @@ def save_msam(model: MultiTaskSAM, directory: str | Path, include_frozen: bool =
     """
     from safetensors.torch import save_file
 
-    from ..io import atomic_path
+    from .._utils import atomic_path
 
     if not isinstance(model, MultiTaskSAM):
         raise TypeError(f"model must be a MultiTaskSAM, got {type(model).__name__}")

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cache import cache_dir
+from .._utils import cache_dir
 from .config import SamConfig, build_sam, get_sam_config
 
 __all__ = [

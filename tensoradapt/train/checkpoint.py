@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._utils import atomic_write_bytes
+
 __all__ = [
-    "CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_write_text",
+    "CheckpointError", "save_checkpoint", "load_checkpoint",
     "capture_rng_state", "restore_rng_state",
 ]
 
@@ -34,40 +34,6 @@ MAGIC = b"TADAPT-CKPT\n"
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupted or not a tensoradapt checkpoint."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..io import dataclass_kwargs
+from .._utils import dataclass_kwargs
 
 __all__ = ["TrainConfig", "RESUME_TOLERANT_FIELDS"]
 

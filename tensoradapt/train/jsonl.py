@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
-from .checkpoint import atomic_write_text
+from .._utils import atomic_write_text
 
 __all__ = ["JsonlLogger", "read_jsonl"]
 

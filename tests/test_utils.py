@@ -1,0 +1,101 @@
+"""The shared pieces: atomic files (permissions per umask, nothing left behind), strict state subsets,
+frozen-weight fingerprints."""
+import os
+import stat
+
+import pytest
+import torch
+from torch import nn
+
+from tensoradapt._utils import (
+    StateMismatchError, atomic_path, atomic_write_text, fingerprint_mismatch, frozen_fingerprint,
+    load_state_subset, trainable_state_dict,
+)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_file_mode_follows_umask(tmp_path, umask_022):
+    atomic_write_text(tmp_path / "a.json", "{}")
+    assert _mode(tmp_path / "a.json") == 0o644  # mkstemp alone would leave 0600
+    os.umask(0o007)
+    atomic_write_text(tmp_path / "b.json", "{}")
+    assert _mode(tmp_path / "b.json") == 0o660
+
+
+def test_saved_adapter_is_group_readable(tmp_path, umask_022):
+    import tensoradapt as ta
+
+    model = nn.Sequential(nn.Linear(8, 8))
+    ta.adapt(model, targets=["0"], decomp="cp", num_tasks=2, ranks=2)
+    ta.save_adapter(model, tmp_path)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert _mode(tmp_path / name) & stat.S_IRGRP, name
+
+
+def test_atomic_path_failure_leaves_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
+
+
+def _model():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    m[0].requires_grad_(False)
+    return m
+
+
+def test_trainable_state_is_grad_params_and_persistent_buffers():
+    keys = set(trainable_state_dict(_model()))
+    assert keys == {"1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked",
+                    "2.weight", "2.bias"}
+
+
+def test_load_state_subset_round_trip_and_errors():
+    src, dst = _model(), _model()
+    with torch.no_grad():
+        src[2].weight.add_(1.0)
+    state = {k: v.clone() for k, v in trainable_state_dict(src).items()}
+    frozen_before = dst[0].weight.clone()
+    load_state_subset(dst, state)
+    assert torch.equal(dst[2].weight, src[2].weight) and torch.equal(dst[0].weight, frozen_before)
+
+    missing = {k: v for k, v in state.items() if k != "2.bias"}
+    with pytest.raises(StateMismatchError, match=r"missing keys \['2\.bias'\]"):
+        load_state_subset(dst, missing, source="ckpt.pt")
+    with pytest.raises(StateMismatchError, match=r"unexpected keys \['0\.weight'\]"):
+        load_state_subset(dst, {**state, "0.weight": dst[0].weight.detach()})
+    bad = {**state, "2.weight": torch.zeros(3, 4)}
+    before = dst[2].bias.clone()
+    with pytest.raises(StateMismatchError, match=r"2\.weight: \(3, 4\) in ckpt.pt vs \(2, 4\)"):
+        load_state_subset(dst, {**bad, "2.bias": torch.ones(2)}, source="ckpt.pt")
+    assert torch.equal(dst[2].bias, before), "nothing may be copied when a shape is wrong"
+    with pytest.raises(ValueError, match="custom"):
+        load_state_subset(dst, missing, error=lambda msg: ValueError(f"custom: {msg}"))
+
+
+def test_fingerprint_names_the_changed_frozen_tensor():
+    m = _model()
+    fp = frozen_fingerprint(m)
+    assert set(fp) == {"0.weight", "0.bias"}
+    assert fingerprint_mismatch(fp, frozen_fingerprint(m)) is None
+    with torch.no_grad():
+        m[0].bias[0] += 1e-3
+    assert "0.bias" in fingerprint_mismatch(fp, frozen_fingerprint(m))
+    m[2].requires_grad_(False)
+    assert "model only" in fingerprint_mismatch(fp, frozen_fingerprint(m))
