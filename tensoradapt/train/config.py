@@ -12,7 +12,7 @@ from .._utils import dataclass_kwargs
 
 __all__ = ["TrainConfig", "RESUME_TOLERANT_FIELDS"]
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+from .optim import OPTIMIZERS
 SCHEDULES = ("constant", "linear", "cosine")
 AMP_MODES = ("auto", "bf16", "off")
 

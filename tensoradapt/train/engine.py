@@ -38,6 +38,7 @@ from .distributed import (
     DistInfo, all_gather_object, all_reduce_sum, barrier, broadcast_object, init_distributed,
 )
 from .jsonl import JsonlLogger
+from .optim import build_optimizer, param_groups
 from .schedule import build_scheduler
 
 __all__ = [
@@ -295,17 +296,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
 
         # Optimiser: no weight decay on 1-d parameters (norms, biases).
-        decay = [p for _, p in self.trainable if p.ndim >= 2]
-        no_decay = [p for _, p in self.trainable if p.ndim < 2]
-        groups = [g for g in (
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ) if g["params"]]
-        if cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.betas[0])
-        else:
-            opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-            self.optimizer = opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        groups = param_groups(self.trainable, cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, betas=cfg.betas, eps=cfg.eps)
         self.scheduler = build_scheduler(
             self.optimizer, self.total_steps, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
             warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio,
