@@ -259,7 +259,7 @@ def test_bad_checkpoints(sam, ckpt, tmp_path):
 
 def test_official_size_mismatch_is_named():
     """A vit_l state dict (shapes only, meta tensors) offered to vit_b names both sizes."""
-    from tensoradapt.sam.checkpoint import expected_sam_shapes, fit_sam_state_dict
+    from tensoradapt.sam.weights import expected_sam_shapes, fit_sam_state_dict
 
     state = {k: torch.empty(s, device="meta") for k, s in expected_sam_shapes(get_sam_config("vit_l")).items()}
     with pytest.raises(SamCheckpointError, match=r"model_type 'vit_b'[\s\S]*looks like a vit_l checkpoint"):

@@ -6,7 +6,7 @@
 
 `segment_anything` is imported through `tensoradapt.sam._import`, which works without torchvision.
 """
-from .checkpoint import SamCheckpointError, fit_sam_state_dict, read_sam_checkpoint
+from .weights import SamCheckpointError, fit_sam_state_dict, read_sam_checkpoint
 from .config import SAM_CONFIGS, SamConfig, build_sam, get_sam_config
 from .msam import (
     DECOMPS, PAPER_RANKS, SMALL_RANKS, TASK_AGNOSTIC, MSamConfig, MultiTaskSAM, build_msam, default_ranks,

@@ -47,7 +47,7 @@ from ..inject import adapt, mark_trainable, task_deltas, task_linears, task_scop
 from .._utils import dataclass_kwargs
 from ..layers import qkv_rows
 from ._import import sam_modeling
-from .checkpoint import NO_MASK_KEY, PE_KEY, fit_sam_state_dict, read_sam_checkpoint
+from .weights import NO_MASK_KEY, PE_KEY, fit_sam_state_dict, read_sam_checkpoint
 from .config import SamConfig, get_sam_config
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Read SAM checkpoints in the official format and fit them to an mSAM's configuration.
+"""Official SAM weights: read a `sam_vit_*.pth`-format state dict and fit it to an mSAM's configuration.
 
 An official checkpoint (`sam_vit_b_01ec64.pth`, ... or `torch.save(build_sam(cfg).state_dict())`) is a
 flat state dict with the keys of `segment_anything.modeling.Sam`: `image_encoder.*`, `prompt_encoder.*`
