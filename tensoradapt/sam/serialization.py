@@ -1,143 +1,160 @@
-"""Saving and loading a trained mSAM: its trained tensors (safetensors) and the JSON config that rebuilds it."""
+"""Saving and loading a trained mSAM: a folder with its trained tensors and the config that rebuilds it.
+
+    run/msam.safetensors    the trainable state (`_utils.trainable_state_dict`: requires_grad parameters
+                            + persistent buffers), or every tensor with `include_frozen=True`
+    run/msam_config.json    {"format", "saved": "trainable" | "all", "msam_config", "weights_sha256",
+                             "frozen_fingerprint": {frozen parameter name: [sum, sum of squares]}}
+
+The frozen weights are not saved (by default): `load_msam` rebuilds them from the base SAM checkpoint and
+compares them with the saved fingerprint (`_utils.frozen_fingerprint`, the format the training engine
+uses too), so other base weights are an error naming the tensors that differ, never a silent mix. The
+sha256 of the weights file is recorded, so a truncated file, or one from another save, is refused.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from .._utils import (
+    atomic_path, atomic_write_json, fingerprint_mismatch, frozen_fingerprint, load_state_subset,
+    trainable_state_dict,
+)
+from ..inject import task_linears
 from .config import MSamConfig
 from .model import MultiTaskSAM
 from .weights import SamWeightsSource
 
-__all__ = ["save_msam", "load_msam", "MSAM_WEIGHTS", "MSAM_CONFIG"]
+__all__ = ["save_msam", "load_msam", "MSAM_WEIGHTS", "MSAM_CONFIG", "MSAM_FORMAT"]
 
 MSAM_WEIGHTS = "msam.safetensors"
 MSAM_CONFIG = "msam_config.json"
-_FORMAT = "tensoradapt.msam/1"
+#: version 2: `_utils` trainable state (the PE buffer included), per-tensor fingerprint, weights sha256
+MSAM_FORMAT = "tensoradapt.msam/2"
+_OLD_FORMATS = ("tensoradapt.msam/1",)
 
-def _trainable_state(model: nn.Module) -> dict[str, Tensor]:
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
-
-def _frozen_fingerprint(model: nn.Module) -> list[float]:
-    """Cheap identity of the frozen weights: count, float64 sum and sum of squares over frozen tensors."""
-    count, s1, s2 = 0, 0.0, 0.0
-    with torch.no_grad():
-        tensors = [p for p in model.parameters() if not p.requires_grad] + [
-            b for n, b in model.named_buffers() if n.startswith("pe_layer.")
-        ]
-        for t in tensors:
-            d = t.detach().double()
-            count += t.numel()
-            s1 += float(d.sum())
-            s2 += float((d * d).sum())
-    return [float(count), s1, s2]
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_msam(model: MultiTaskSAM, directory: str | Path, include_frozen: bool = False) -> Path:
-    """Write `msam.safetensors` (the trainable tensors) and `msam_config.json` into `directory`, atomically.
+    """Write `msam.safetensors` and `msam_config.json` into `directory`, each atomically; return it.
 
-    The trainable state is the deltas, no-mask embeddings, trained decoder parts and (if trained) the
-    encoder LayerNorms — "full" saves the whole encoder. The frozen weights come back from the base SAM
-    checkpoint at `load_msam`; a fingerprint of them is stored and checked. `include_frozen=True` saves
-    every tensor (self-contained, e.g. for a model built without a checkpoint).
+    The trainable state is the deltas, no-mask embeddings, trained decoder parts, (if trained) the
+    encoder LayerNorms and the image-PE buffer; "full" saves the whole encoder. `include_frozen=True`
+    saves every tensor (self-contained, e.g. for a model built without a checkpoint).
     """
     from safetensors.torch import save_file
 
-    from .._utils import atomic_path
-
     if not isinstance(model, MultiTaskSAM):
         raise TypeError(f"model must be a MultiTaskSAM, got {type(model).__name__}")
+    merged = sorted({layer.merged_task for _, layer in task_linears(model)} - {None})
+    if merged:  # the frozen qkv weights hold a folded delta: the fingerprint would not match on load
+        raise RuntimeError(f"the encoder is merged for task {merged}: call tensoradapt.unmerge_adapters(model) first")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if include_frozen:
-        state = dict(model.state_dict())
-    else:
-        state = _trainable_state(model)
+    state = model.state_dict() if include_frozen else trainable_state_dict(model)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    meta = {
-        "format": _FORMAT,
-        "saved": "all" if include_frozen else "trainable",
-        "trainable_keys": sorted(_trainable_state(model)),
-        "frozen_fingerprint": _frozen_fingerprint(model),
-        "msam_config": model.msam_config.to_dict(),
-    }
-    with atomic_path(directory / MSAM_WEIGHTS) as tmp:
+    weights = directory / MSAM_WEIGHTS
+    with atomic_path(weights) as tmp:
         save_file(state, str(tmp))
-    with atomic_path(directory / MSAM_CONFIG) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
+        sha = _sha256(tmp)
+    atomic_write_json(directory / MSAM_CONFIG, {
+        "format": MSAM_FORMAT,
+        "saved": "all" if include_frozen else "trainable",
+        "msam_config": model.msam_config.to_dict(),
+        "weights_sha256": sha,
+        "frozen_fingerprint": frozen_fingerprint(model),
+    })
     return directory
 
 
-_USE_SAVED = object()
+_USE_SAVED: Any = object()
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    cfg_path = directory / MSAM_CONFIG
+    for p in (cfg_path, directory / MSAM_WEIGHTS):
+        if not p.is_file():
+            raise FileNotFoundError(f"mSAM directory {directory} lacks {p.name} (written by save_msam)")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON ({e}): the folder was not written by save_msam") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt in _OLD_FORMATS:
+        raise ValueError(
+            f"{directory} was saved in the older mSAM format {fmt!r}; this version reads {MSAM_FORMAT!r} "
+            "(another trainable-state and fingerprint layout). Load it with the tensoradapt version that "
+            "wrote it and save it again, or retrain."
+        )
+    if fmt != MSAM_FORMAT:
+        raise ValueError(f"{cfg_path} is not an mSAM config (format {fmt!r}, expected {MSAM_FORMAT!r})")
+    missing = sorted({"saved", "msam_config", "weights_sha256", "frozen_fingerprint"} - set(meta))
+    if missing or meta["saved"] not in ("trainable", "all"):
+        raise ValueError(f"{cfg_path} is incomplete or damaged: missing {missing}, saved={meta.get('saved')!r}")
+    return meta
+
+
+def _read_weights(path: Path, sha256: str) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    if _sha256(path) != sha256:
+        raise ValueError(
+            f"{path} is not the file {path.parent / MSAM_CONFIG} was saved with (sha256 differs): it is "
+            "truncated or damaged, or it comes from another save"
+        )
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors' own errors: unreadable header, bad offsets
+        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from e
 
 
 def load_msam(
     directory: str | Path,
-    checkpoint: SamWeightsSource | None | object = _USE_SAVED,
+    checkpoint: SamWeightsSource | None = _USE_SAVED,
     map_location: str | torch.device = "cpu",
 ) -> MultiTaskSAM:
-    """Rebuild a model saved by `save_msam` and load its tensors (exactly; strict on keys and shapes).
+    """Rebuild a model saved by `save_msam` and load its tensors (bit-exact; strict on keys and shapes).
 
     `checkpoint` is the base SAM checkpoint for the frozen weights: by default the path recorded at
     build time; pass another path (the same weights moved elsewhere) or a state dict. The rebuilt frozen
-    weights must match the saved fingerprint, else a ValueError names the checkpoint.
+    weights must match the saved fingerprint, else a ValueError names the checkpoint and the tensors.
+    Keys or shapes that do not fit the rebuilt model raise `StateMismatchError` naming them.
     """
-    from safetensors.torch import load_file
-
     directory = Path(directory)
-    cfg_path, w_path = directory / MSAM_CONFIG, directory / MSAM_WEIGHTS
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"mSAM directory {directory} lacks {p.name} (written by save_msam)")
-    meta = json.loads(cfg_path.read_text())
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"{cfg_path} is not an mSAM config (format {meta.get('format')!r}, expected {_FORMAT!r})")
+    meta = _read_meta(directory)
     config = MSamConfig.from_dict(meta["msam_config"])
     saved_all = meta["saved"] == "all"
-    if saved_all:
-        base = None
-    else:
-        base = config.checkpoint if checkpoint is _USE_SAVED else checkpoint
-        if isinstance(base, (str, Path)):
-            if not Path(base).is_file():
-                raise FileNotFoundError(
-                    f"the base SAM checkpoint {base} of {directory} does not exist: "
-                    "pass load_msam(..., checkpoint=PATH)"
-                )
-            config.checkpoint = str(Path(base).expanduser().resolve())
+    base = None if saved_all else (config.checkpoint if checkpoint is _USE_SAVED else checkpoint)
+    if isinstance(base, (str, Path)):
+        if not Path(base).expanduser().is_file():
+            raise FileNotFoundError(
+                f"the base SAM checkpoint {base} of {directory} does not exist: pass load_msam(..., checkpoint=PATH)"
+            )
+        config.checkpoint = str(Path(base).expanduser().resolve())
+    w_path = directory / MSAM_WEIGHTS
+    state = _read_weights(w_path, meta["weights_sha256"])
     model = MultiTaskSAM(config, base)
-    state = load_file(str(w_path))
-    own = model.state_dict() if saved_all else _trainable_state(model)
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise KeyError(
-            f"{w_path} does not match the model rebuilt from {cfg_path}: missing keys {missing[:8]}, "
-            f"unexpected keys {unexpected[:8]}"
-        )
-    bad = [
-        f"{k}: saved {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items() if state[k].shape != v.shape
-    ]
-    if bad:
-        raise ValueError(f"{w_path}: shape mismatches {bad[:8]}")
-    with torch.no_grad():
-        for k, v in own.items():
-            v.copy_(state[k])
+    keys = model.state_dict().keys() if saved_all else None  # None: the model's trainable state
+    load_state_subset(model, state, keys, source=str(w_path))
     if not saved_all:
-        want, have = meta["frozen_fingerprint"], _frozen_fingerprint(model)
-        same = want[0] == have[0] and all(
-            math.isclose(a, b, rel_tol=1e-7, abs_tol=1e-6) for a, b in zip(want[1:], have[1:])
-        )
-        if not same:
-            origin = "<random init>" if base is None else ("<in-memory state dict>" if isinstance(base, Mapping) else base)
+        differ = fingerprint_mismatch(meta["frozen_fingerprint"], frozen_fingerprint(model))
+        if differ:
+            origin = "<random init>" if base is None else (
+                "<in-memory state dict>" if isinstance(base, Mapping) else str(base))
             raise ValueError(
-                f"the frozen weights rebuilt from checkpoint {origin} differ "
-                f"from those {directory} was trained with (fingerprint {have} vs saved {want}): pass the base "
-                "checkpoint via load_msam(..., checkpoint=...), or save with save_msam(..., include_frozen=True)"
+                f"the frozen weights rebuilt from checkpoint {origin} are not those {directory} was trained "
+                f"with ({differ}): pass the base checkpoint via load_msam(..., checkpoint=...), or save with "
+                "save_msam(..., include_frozen=True)"
             )
     return model.to(map_location)
