@@ -54,9 +54,7 @@ class MultiTaskSAM(nn.Module):
     `no_mask_embeds` (name -> Parameter (C_t, D)).
     """
 
-    def __init__(
-        self, msam_config: MSamConfig, checkpoint: SamWeightsSource | None = None
-    ) -> None:
+    def __init__(self, msam_config: MSamConfig, checkpoint: SamWeightsSource | None = None) -> None:
         super().__init__()
         if not isinstance(msam_config, MSamConfig):
             raise TypeError(f"msam_config must be an MSamConfig, got {type(msam_config).__name__}")
