@@ -1,49 +1,19 @@
-"""mSAM on the tiny config: shapes, equivalence with segment_anything, checkpoints, what trains, save/load."""
-from __future__ import annotations
+"""mSAM on the tiny config: shapes, equivalence with segment_anything, what trains, errors.
 
-import json
+Official weights: test_msam_weights.py; save / load: test_msam_serialization.py."""
+from __future__ import annotations
 
 import pytest
 import torch
 
-from tensoradapt import TaskLinear, merge_adapters, task_deltas, task_scope, unmerge_adapters
+from tensoradapt import merge_adapters, task_deltas, task_scope, unmerge_adapters
+from tensoradapt.deltas import DECOMPS as DELTA_DECOMPS
 from tensoradapt.sam import (
-    DECOMPS, MSamConfig, MultiTaskSAM, SamCheckpointError, build_msam, build_sam, get_sam_config,
-    load_msam, parameter_breakdown, save_msam,
+    DECOMPS, NO_DELTA, PAPER_RANKS, SMALL_RANKS, TASK_AGNOSTIC, MSamConfig, build_msam, default_ranks,
+    get_sam_config, parameter_breakdown,
 )
-from tensoradapt.sam._import import sam_build_module
 
-TASKS = {"semantic": 13, "depth": 1, "normal": 3}
-SMALL = {"a": 3, "b": 1, "c": 2}
-
-
-
-@pytest.fixture(scope="module")
-def sam():
-    """A random tiny SAM with non-zero position tables (SAM zero-inits rel_pos), in eval mode."""
-    torch.manual_seed(0)
-    model = build_sam("tiny")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "rel_pos" in name or "pos_embed" in name:
-                p.normal_(0.0, 0.1)
-    return model
-
-
-@pytest.fixture(scope="module")
-def ckpt(sam, tmp_path_factory):
-    path = tmp_path_factory.mktemp("sam") / "sam_tiny.pth"
-    torch.save(sam.state_dict(), path)
-    return path
-
-
-def _randomise_deltas(model, std=0.3):
-    with torch.no_grad():
-        for _, d in task_deltas(model):
-            for p in d.parameters():
-                p.normal_(0.0, std)
-        for p in model.no_mask_embeds.values():
-            p.add_(torch.randn_like(p))
+from msam_fixtures import SMALL, TASKS, ckpt, randomise_deltas, sam  # noqa: F401 (fixtures)
 
 
 # --------------------------------------------------------------------------------------------- shapes
@@ -111,20 +81,37 @@ def test_forward_at_init_equals_promptless_sam(sam, ckpt, size):
         torch.testing.assert_close(out[name], ref.expand(-1, c, -1, -1), atol=1e-4, rtol=1e-4)
 
 
-def test_shared_lora_encoder_is_task_agnostic(ckpt):
+@pytest.mark.parametrize("decomp", DECOMPS)
+def test_task_agnostic_means_one_encoder_for_every_task(ckpt, decomp):
+    """`TASK_AGNOSTIC` is exactly the decomps whose deltas are the same for every task (or absent)."""
     torch.manual_seed(9)
-    model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp="shared-lora").eval()
-    _randomise_deltas(model)
+    model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp=decomp).eval()
+    randomise_deltas(model)
+    shared = all(torch.equal(t[0], t[2]) for t in (d.to_tensor() for _, d in task_deltas(model)))
+    assert shared == (decomp in TASK_AGNOSTIC) == model.task_agnostic
     x = torch.rand(2, 3, 96, 128)
     with torch.no_grad():
-        assert torch.equal(model.encode(x, "a"), model.encode(x, "c"))
-        assert model.task_agnostic and not build_msam("tiny", SMALL).task_agnostic
+        assert torch.equal(model.encode(x, "a"), model.encode(x, "c")) == shared
+
+
+def test_one_list_of_decomps():
+    assert DECOMPS == (*DELTA_DECOMPS, *NO_DELTA)
+    assert set(TASK_AGNOSTIC) <= set(DECOMPS) and set(NO_DELTA) <= set(TASK_AGNOSTIC)
+    tiny, vit_b = get_sam_config("tiny"), get_sam_config("vit_b")
+    for decomp in DECOMPS:
+        has_delta = decomp not in NO_DELTA
+        assert (default_ranks(decomp, tiny) is not None) == has_delta
+        assert (default_ranks(decomp, vit_b) is not None) == has_delta
+    assert default_ranks("tucker", vit_b) == PAPER_RANKS["tucker"] == (4, 32, 32)
+    assert default_ranks("tucker", tiny) == SMALL_RANKS["tucker"]
+    with pytest.raises(ValueError, match="decomp must be one of"):
+        default_ranks("svd", tiny)
 
 
 def test_decode_equals_predict_masks_per_image(ckpt):
     torch.manual_seed(1)
     model = build_msam("tiny", SMALL, checkpoint=ckpt).eval()
-    _randomise_deltas(model)
+    randomise_deltas(model)
     x = torch.rand(3, 3, 96, 128)
     with torch.no_grad():
         emb, pe = model.encode(x, "a"), model.image_pe()
@@ -143,7 +130,7 @@ def test_mixed_task_batch_equals_per_task(ckpt, decomp):
     """B > 1 distinct images: the mixed T*B batch must not mix up samples (the paper code's bug)."""
     torch.manual_seed(2)
     model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp=decomp).eval()
-    _randomise_deltas(model)
+    randomise_deltas(model)
     x = torch.rand(3, 3, 96, 128)
     with torch.no_grad():
         mixed = model(x)
@@ -169,103 +156,6 @@ def test_encoder_runs_once(decomp, calls, rows):
     assert seen == [rows] * calls
 
 
-# --------------------------------------------------------------------------------------------- checkpoints
-def test_official_builder_checkpoint_lands_in_place(tmp_path):
-    """A state dict from segment_anything's own `_build_sam` (image 1024, prompt dim 256) at small width."""
-    torch.manual_seed(3)
-    official = sam_build_module()._build_sam(
-        encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1],
-    )
-    with torch.no_grad():
-        for name, p in official.named_parameters():
-            if "rel_pos" in name or "pos_embed" in name:
-                p.normal_()
-    path = tmp_path / "official_small.pth"
-    torch.save(official.state_dict(), path)
-    cfg = get_sam_config("vit_b").replace(
-        name="small", encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,)
-    )
-    model = build_msam(cfg, SMALL, checkpoint=path)
-    assert model.msam_config.checkpoint == str(path.resolve())
-    enc = model.image_encoder
-    qkv = enc.blocks[0].attn.qkv
-    assert isinstance(qkv, TaskLinear)
-    assert torch.equal(qkv.base.weight, official.image_encoder.blocks[0].attn.qkv.weight)
-    assert torch.equal(enc.pos_embed, official.image_encoder.pos_embed)
-    assert torch.equal(enc.blocks[1].attn.rel_pos_h, official.image_encoder.blocks[1].attn.rel_pos_h)
-    assert torch.equal(enc.neck[0].weight, official.image_encoder.neck[0].weight)
-    for name, c in SMALL.items():
-        dec_sd, ref_sd = model.decoders[name].state_dict(), official.mask_decoder.state_dict()
-        assert dec_sd.keys() == ref_sd.keys()
-        assert all(torch.equal(dec_sd[k], ref_sd[k]) for k in ref_sd)
-        assert torch.equal(model.no_mask_embeds[name], official.prompt_encoder.no_mask_embed.weight.expand(c, -1))
-    assert torch.equal(
-        model.pe_layer.positional_encoding_gaussian_matrix,
-        official.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix,
-    )
-
-    # Another image size: pos_embed and the global block's rel_pos are resized, the windowed one's kept.
-    small = build_msam(cfg, SMALL, checkpoint=path, image_size=256)
-    g = 256 // 16
-    assert small.image_encoder.pos_embed.shape == (1, g, g, 64)
-    assert small.image_encoder.blocks[1].attn.rel_pos_h.shape == (2 * g - 1, 32)
-    assert torch.equal(small.image_encoder.blocks[0].attn.rel_pos_h, official.image_encoder.blocks[0].attn.rel_pos_h)
-    with torch.no_grad():
-        out = small(torch.rand(1, 3, 96, 128))
-    assert out["a"].shape == (1, 3, 96, 128)
-
-
-def test_image_size_interpolation_tiny(sam, ckpt):
-    model = build_msam("tiny", SMALL, checkpoint=ckpt, image_size=64)
-    assert model.config.image_size == 64 and model.config.grid_size == 4
-    pos = model.image_encoder.pos_embed
-    assert pos.shape == (1, 4, 4, 128)
-    # bicubic resize of the 8x8 table (a smooth down-sampling, not a copy)
-    assert not torch.equal(pos, sam.image_encoder.pos_embed[:, :4, :4])
-    assert model.image_encoder.blocks[1].attn.rel_pos_h.shape == (7, 32)
-    assert torch.equal(model.image_encoder.blocks[0].attn.rel_pos_w, sam.image_encoder.blocks[0].attn.rel_pos_w)
-    with torch.no_grad():
-        assert model(torch.rand(2, 3, 48, 64))["a"].shape == (2, 3, 48, 64)
-
-
-def test_bad_checkpoints(sam, ckpt, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        build_msam("tiny", SMALL, checkpoint=tmp_path / "nope.pth")
-    junk = tmp_path / "junk.pth"
-    junk.write_text("not a checkpoint")
-    with pytest.raises(SamCheckpointError, match="junk.pth"):
-        build_msam("tiny", SMALL, checkpoint=junk)
-
-    state = dict(sam.state_dict())
-    no_pe = {k: v for k, v in state.items() if "pe_layer" not in k}
-    torch.save(no_pe, tmp_path / "no_pe.pth")
-    with pytest.raises(SamCheckpointError, match=r"no_pe\.pth[\s\S]*missing keys.*pe_layer\.positional_encoding_gaussian_matrix"):
-        build_msam("tiny", SMALL, checkpoint=tmp_path / "no_pe.pth")
-    with pytest.raises(SamCheckpointError, match=r"unexpected keys.*mask_decoder\.extra"):
-        build_msam("tiny", SMALL, checkpoint={**state, "mask_decoder.extra": torch.zeros(1)})
-    with pytest.raises(SamCheckpointError, match="not tensors"):
-        build_msam("tiny", SMALL, checkpoint={**state, "prompt_encoder.note": "hello"})
-
-    # another model size: a deeper, wider tiny variant
-    other = build_sam(get_sam_config("tiny").replace(encoder_embed_dim=192, encoder_depth=6, encoder_num_heads=6))
-    torch.save(other.state_dict(), tmp_path / "other.pth")
-    with pytest.raises(SamCheckpointError) as err:
-        build_msam("tiny", SMALL, checkpoint=tmp_path / "other.pth")
-    msg = str(err.value)
-    assert "other.pth" in msg and "embed dim 192, depth 6" in msg
-    assert "unexpected keys (28): image_encoder.blocks.4." in msg
-    assert "image_encoder.blocks.0.attn.qkv.weight: checkpoint (576, 192) vs model (384, 128)" in msg
-
-
-def test_official_size_mismatch_is_named():
-    """A vit_l state dict (shapes only, meta tensors) offered to vit_b names both sizes."""
-    from tensoradapt.sam.checkpoint import expected_sam_shapes, fit_sam_state_dict
-
-    state = {k: torch.empty(s, device="meta") for k, s in expected_sam_shapes(get_sam_config("vit_l")).items()}
-    with pytest.raises(SamCheckpointError, match=r"model_type 'vit_b'[\s\S]*looks like a vit_l checkpoint"):
-        fit_sam_state_dict(state, get_sam_config("vit_b"), "sam_vit_l_0b3195.pth")
-
-
 # --------------------------------------------------------------------------------------------- training
 def _step(model, x, lr=1e-2):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -279,8 +169,8 @@ def _step(model, x, lr=1e-2):
 def test_one_step_changes_only_trainable(ckpt, decomp):
     torch.manual_seed(4)
     model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp=decomp).train()
-    if decomp not in ("full", "frozen", "none"):
-        _randomise_deltas(model, std=0.05)  # non-zero cores so every factor gets a gradient
+    if decomp not in NO_DELTA:
+        randomise_deltas(model, std=0.05)  # non-zero cores so every factor gets a gradient
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     opt = _step(model, torch.rand(2, 3, 96, 128))
@@ -296,7 +186,7 @@ def test_one_step_changes_only_trainable(ckpt, decomp):
     assert not any("iou_prediction_head" in n or "output_hypernetworks_mlps.1" in n for n in trainable)
     assert any(n.startswith("decoders.a.transformer") for n in trainable)
     has_delta = any(True for _ in task_deltas(model))
-    assert has_delta == (decomp not in ("full", "frozen", "none"))
+    assert has_delta == (decomp not in NO_DELTA)
     encoder = {n for n in trainable if n.startswith("image_encoder.")}
     norms = {n for n in encoder if ".norm1." in n or ".norm2." in n or n.startswith(("image_encoder.neck.1.", "image_encoder.neck.3."))}
     if decomp == "frozen":
@@ -319,7 +209,7 @@ def test_train_norms_off():
 def test_qkv_subsets_adapt_exactly_those_rows(qkv):
     torch.manual_seed(5)
     model = build_msam("tiny", SMALL, qkv=qkv, dropout=0.0)
-    _randomise_deltas(model)
+    randomise_deltas(model)
     layer = model.image_encoder.blocks[0].attn.qkv
     dim = model.config.encoder_embed_dim
     assert layer.delta.d_out == dim * len(qkv)
@@ -334,7 +224,7 @@ def test_qkv_subsets_adapt_exactly_those_rows(qkv):
 def test_bf16_autocast_cpu(ckpt):
     torch.manual_seed(6)
     model = build_msam("tiny", TASKS, checkpoint=ckpt).train()
-    _randomise_deltas(model, std=0.05)
+    randomise_deltas(model, std=0.05)
     x = torch.rand(2, 3, 96, 128)
     with torch.no_grad():
         ref = model.eval()(x)
@@ -348,51 +238,6 @@ def test_bf16_autocast_cpu(ckpt):
         scale = ref[name].abs().max()
         assert (out[name].float() - ref[name]).abs().max() < 0.1 * scale + 0.1
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
-
-
-# --------------------------------------------------------------------------------------------- save / load
-def test_save_load_round_trip(ckpt, tmp_path):
-    torch.manual_seed(7)
-    model = build_msam("tiny", TASKS, checkpoint=ckpt, decomp="tucker")
-    opt = _step(model, torch.rand(2, 3, 96, 128))
-    opt.step()
-    _randomise_deltas(model)
-    save_msam(model, tmp_path / "run")
-    meta = json.loads((tmp_path / "run" / "msam_config.json").read_text())
-    assert meta["saved"] == "trainable" and meta["msam_config"]["tasks"] == TASKS
-    loaded = load_msam(tmp_path / "run")
-    assert isinstance(loaded, MultiTaskSAM) and loaded.msam_config == model.msam_config
-    a, b = model.state_dict(), loaded.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [n for n, p in loaded.named_parameters() if p.requires_grad] == [
-        n for n, p in model.named_parameters() if p.requires_grad
-    ]
-    x = torch.rand(2, 3, 96, 128)
-    with torch.no_grad():
-        o1, o2 = model.eval()(x), loaded.eval()(x)
-    assert all(torch.equal(o1[k], o2[k]) for k in o1)
-
-    # another base checkpoint is refused, naming it
-    other = tmp_path / "other.pth"
-    torch.save(build_sam("tiny").state_dict(), other)
-    with pytest.raises(ValueError, match="other.pth"):
-        load_msam(tmp_path / "run", checkpoint=other)
-
-
-def test_save_load_include_frozen_without_checkpoint(tmp_path):
-    torch.manual_seed(8)
-    model = build_msam("tiny", SMALL, decomp="lora", qkv="qv")
-    _randomise_deltas(model)
-    save_msam(model, tmp_path / "m", include_frozen=True)
-    loaded = load_msam(tmp_path / "m")
-    a, b = model.state_dict(), loaded.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    # trainable-only without a base checkpoint cannot restore random frozen weights: a clear error
-    save_msam(model, tmp_path / "t")
-    with pytest.raises(ValueError, match="frozen weights"):
-        load_msam(tmp_path / "t")
-    with pytest.raises(FileNotFoundError, match="msam_config.json"):
-        load_msam(tmp_path / "missing")
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -436,7 +281,7 @@ def test_merged_encoder(ckpt):
     """Merged single-task inference matches the factored path; a multi-task forward on it is refused."""
     torch.manual_seed(10)
     model = build_msam("tiny", SMALL, checkpoint=ckpt).eval()
-    _randomise_deltas(model)
+    randomise_deltas(model)
     x = torch.rand(2, 3, 96, 128)
     with torch.no_grad():
         ref = model(x, tasks=["c"])["c"]

@@ -38,7 +38,7 @@ from experiments.benchmarks.common import (  # noqa: E402
 )
 from tensoradapt import merge_adapters, set_merged_inference, task_linears, task_scope, unmerge_adapters  # noqa: E402
 from tensoradapt.sam import build_msam  # noqa: E402
-from tensoradapt.sam.msam import PAPER_RANKS  # noqa: E402
+from tensoradapt.sam import PAPER_RANKS  # noqa: E402
 
 TASKS = {"semantic": 13, "depth": 1, "normal": 3}
 DECOMPS = ("tucker", "cp", "tt", "lora", "shared-lora")

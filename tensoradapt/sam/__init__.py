@@ -4,17 +4,21 @@
     model = build_msam("tiny", {"semantic": 13, "depth": 1, "normal": 3}, checkpoint="sam_tiny.pth")
     out = model(images)          # images (B, 3, H, W) in [0, 1] -> {"semantic": (B, 13, H, W), ...}
 
+One job per module: `config` (SamConfig, MSamConfig), `decomps` (which adaptations, default ranks),
+`weights` (official SAM weights in), `encoder` (the mixed-task encoder pass), `model` (MultiTaskSAM,
+build_msam), `report` (parameter counts), `serialization` (save_msam / load_msam).
 `segment_anything` is imported through `tensoradapt.sam._import`, which works without torchvision.
 """
-from .checkpoint import SamCheckpointError, fit_sam_state_dict, read_sam_checkpoint
-from .config import SAM_CONFIGS, SamConfig, build_sam, get_sam_config
-from .msam import (
-    DECOMPS, PAPER_RANKS, SMALL_RANKS, TASK_AGNOSTIC, MSamConfig, MultiTaskSAM, build_msam, default_ranks,
-    load_msam, parameter_breakdown, save_msam,
-)
+from .config import MODEL_TYPES, SAM_CONFIGS, MSamConfig, SamConfig, build_sam, get_sam_config
+from .decomps import DECOMPS, NO_DELTA, PAPER_RANKS, SMALL_RANKS, TASK_AGNOSTIC, default_ranks
+from .model import MultiTaskSAM, build_msam
+from .report import parameter_breakdown
+from .serialization import load_msam, save_msam
+from .weights import SamCheckpointError, fit_sam_state_dict, read_sam_checkpoint
 
 __all__ = [
     "build_msam", "MultiTaskSAM", "MSamConfig", "save_msam", "load_msam", "parameter_breakdown",
-    "default_ranks", "DECOMPS", "TASK_AGNOSTIC", "PAPER_RANKS", "SMALL_RANKS", "SamCheckpointError",
-    "read_sam_checkpoint", "fit_sam_state_dict", "SamConfig", "SAM_CONFIGS", "get_sam_config", "build_sam",
+    "default_ranks", "DECOMPS", "NO_DELTA", "TASK_AGNOSTIC", "PAPER_RANKS", "SMALL_RANKS", "SamCheckpointError",
+    "read_sam_checkpoint", "fit_sam_state_dict", "SamConfig", "SAM_CONFIGS", "MODEL_TYPES", "get_sam_config",
+    "build_sam",
 ]

@@ -1,16 +1,27 @@
-"""SAM architecture configs: the three official sizes and a tiny one that trains on a CPU."""
+"""Configs: the SAM architecture (three official sizes and a tiny one that trains on a CPU) and an mSAM's.
+
+`SamConfig` builds segment-anything's own modules; `MSamConfig` is everything needed to rebuild an mSAM
+(architecture, tasks, decomposition, ranks, ...), validated on construction and round-tripped through JSON.
+"""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
-import torch
 from torch import nn
 
+from .._utils import dataclass_kwargs
+from ..deltas import INITS, parse_ranks
+from ..layers import qkv_rows
 from ._import import sam_modeling
+from .decomps import DECOMPS, NO_DELTA, TASK_AGNOSTIC, default_ranks
 
-__all__ = ["SamConfig", "SAM_CONFIGS", "get_sam_config", "build_sam"]
+__all__ = ["SamConfig", "SAM_CONFIGS", "MODEL_TYPES", "get_sam_config", "build_sam", "MSamConfig"]
 
 
 @dataclass(frozen=True)
@@ -57,11 +68,17 @@ class SamConfig:
         """Side of the image-embedding grid, image_size // patch_size."""
         return self.image_size // self.patch_size
 
-    def replace(self, **changes) -> "SamConfig":
+    def replace(self, **changes: Any) -> "SamConfig":
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SamConfig":
+        """Inverse of `to_dict` (JSON lists become tuples); unknown keys are refused."""
+        data = dataclass_kwargs(cls, data)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def build_image_encoder(self) -> nn.Module:
         m = sam_modeling()
@@ -128,6 +145,8 @@ SAM_CONFIGS: dict[str, SamConfig] = {
         iou_head_hidden_dim=64,
     ),
 }
+#: the model names `get_sam_config` / `build_msam` take
+MODEL_TYPES: tuple[str, ...] = tuple(SAM_CONFIGS)
 
 
 def get_sam_config(model_type: str | SamConfig, image_size: int | None = None) -> SamConfig:
@@ -160,3 +179,115 @@ def build_sam(config: str | SamConfig) -> nn.Module:
         pixel_std=list(cfg.pixel_std),
     )
     return sam.eval()
+
+
+@dataclass
+class MSamConfig:
+    """Everything needed to rebuild an mSAM (saved as JSON next to its weights by `save_msam`).
+
+    Attributes:
+        sam: the SAM architecture (`SamConfig`; `image_size` is the encoder's input side S).
+        tasks: ordered task name -> output channels C_t.
+        decomp: one of `DECOMPS`.
+        ranks: the delta's ranks, resolved (None for the `NO_DELTA` baselines).
+        qkv: which of q, k, v the deltas adapt (non-empty subset of "qkv").
+        scale, dropout, init: passed to `tensoradapt.adapt`.
+        train_norms: train the encoder's LayerNorms (ignored by "full", which trains everything, and
+            "frozen", which trains none).
+        checkpoint: absolute path of the SAM checkpoint the frozen weights came from (None: random or
+            an in-memory state dict).
+        grad_checkpointing: recompute each encoder block's activations in backward instead of storing
+            them (activation checkpointing; trades ~1 extra encoder forward for memory).
+    """
+
+    sam: SamConfig
+    tasks: dict[str, int]
+    decomp: str = "tucker"
+    ranks: int | tuple[int, ...] | None = None
+    qkv: str = "qkv"
+    scale: float = 0.5
+    dropout: float = 0.1
+    train_norms: bool = True
+    init: str = "paper"
+    checkpoint: str | None = None
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sam, Mapping):
+            self.sam = SamConfig.from_dict(self.sam)
+        if not isinstance(self.sam, SamConfig):
+            raise TypeError(f"sam must be a SamConfig, got {type(self.sam).__name__}")
+        self.tasks = _check_tasks(self.tasks)
+        if self.decomp not in DECOMPS:
+            raise ValueError(f"decomp must be one of {list(DECOMPS)}, got {self.decomp!r}")
+        if self.decomp in NO_DELTA:
+            if self.ranks is not None:
+                raise ValueError(
+                    f"ranks does not apply to decomp={self.decomp!r} (it has no task delta); pass ranks=None"
+                )
+        else:
+            if self.ranks is None:
+                self.ranks = default_ranks(self.decomp, self.sam)
+            self.ranks = parse_ranks(self.decomp, self.ranks)
+        if not isinstance(self.qkv, str):
+            raise TypeError(f"qkv must be a string like 'qkv' or 'qv', got {self.qkv!r}")
+        qkv_rows(3, self.qkv)  # raises ValueError naming qkv
+        if not _is_number(self.scale) or not math.isfinite(self.scale):
+            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
+        self.scale = float(self.scale)
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        self.dropout = float(self.dropout)
+        if not isinstance(self.train_norms, bool):
+            raise TypeError(f"train_norms must be a bool, got {self.train_norms!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not isinstance(self.grad_checkpointing, bool):
+            raise TypeError(f"grad_checkpointing must be a bool, got {self.grad_checkpointing!r}")
+
+    @property
+    def has_delta(self) -> bool:
+        """False for the `NO_DELTA` baselines (no task delta in the encoder)."""
+        return self.decomp not in NO_DELTA
+
+    @property
+    def task_agnostic(self) -> bool:
+        """True when the encoder is the same for every task (it then runs once per batch)."""
+        return self.decomp in TASK_AGNOSTIC
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sam"] = self.sam.to_dict()
+        d["tasks"] = dict(self.tasks)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MSamConfig":
+        data = dataclass_kwargs(cls, data)
+        if isinstance(data.get("ranks"), list):
+            data["ranks"] = tuple(data["ranks"])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MSamConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_tasks(tasks: Any) -> dict[str, int]:
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise ValueError(f"tasks must be a non-empty mapping name -> output channels, got {tasks!r}")
+    out: dict[str, int] = {}
+    for name, channels in tasks.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"task names must be non-empty strings without '.', got {name!r} in tasks")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f"tasks[{name!r}] must be a positive int number of output channels, got {channels!r}")
+        out[name] = int(channels)
+    return out

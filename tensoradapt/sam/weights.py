@@ -1,4 +1,4 @@
-"""Read SAM checkpoints in the official format and fit them to an mSAM's configuration.
+"""Official SAM weights: read a `sam_vit_*.pth`-format state dict and fit it to an mSAM's configuration.
 
 An official checkpoint (`sam_vit_b_01ec64.pth`, ... or `torch.save(build_sam(cfg).state_dict())`) is a
 flat state dict with the keys of `segment_anything.modeling.Sam`: `image_encoder.*`, `prompt_encoder.*`
@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from .config import SAM_CONFIGS, SamConfig, build_sam
 
 __all__ = [
-    "SamCheckpointError", "PE_KEY", "NO_MASK_KEY", "POS_EMBED_KEY", "read_sam_checkpoint",
+    "SamCheckpointError", "SamWeightsSource", "PE_KEY", "NO_MASK_KEY", "POS_EMBED_KEY", "read_sam_checkpoint",
     "expected_sam_shapes", "fit_sam_state_dict", "describe_sam_state_dict",
 ]
 
@@ -42,6 +42,9 @@ POS_EMBED_KEY = "image_encoder.pos_embed"
 _REL_POS = re.compile(r"image_encoder\.blocks\.\d+\.attn\.rel_pos_[hw]")
 _BLOCK = re.compile(r"image_encoder\.blocks\.(\d+)\.")
 _SHOW = 8
+
+#: where official SAM weights come from: a `torch.save`d state dict file, or the state dict itself
+SamWeightsSource = str | Path | Mapping[str, Tensor]
 
 
 class SamCheckpointError(ValueError):
@@ -53,7 +56,7 @@ def _listing(items: list[str]) -> str:
     return ", ".join(items[:_SHOW]) + more
 
 
-def read_sam_checkpoint(source: str | Path | Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+def read_sam_checkpoint(source: SamWeightsSource) -> tuple[dict[str, Tensor], str]:
     """Load a SAM state dict on the CPU; return it with a name for error messages.
 
     `source` is a path to a `torch.save`d state dict (read with `weights_only=True`) or an in-memory

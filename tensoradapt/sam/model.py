@@ -1,0 +1,322 @@
+"""mSAM, the model: the paper's multi-task SAM, built from the `segment-anything` package's own modules.
+
+    images (B, 3, H, W) in [0, 1]
+      -> resize the longest side to S = config.image_size, SAM pixel normalisation, pad to S x S
+      -> ImageEncoderViT with a task delta in every block's fused qkv, run once for the requested tasks as
+         one mixed-task batch of T*B samples (task-major: rows [k*B, (k+1)*B) are task k)
+      -> per task t: image embedding (B, D, g, g) + each of its C_t learned no-mask embeddings
+         -> task t's MaskDecoder on the B*C_t pairs (no prompts) -> first mask token's mask (B, C_t, 4g, 4g)
+      -> SAM's post-processing (upsample to S x S, crop the padding, resize to H x W)
+      -> {task name: logits (B, C_t, H, W)}
+
+No prompt encoder: the image positional encoding comes from a `PositionEmbeddingRandom` whose Gaussian
+matrix is loaded from the checkpoint's prompt encoder. With a task-agnostic encoder ("shared-lora",
+"full", "frozen", "none") the encoder runs once on the B images and every task's decoder reads the same
+embedding.
+
+What trains (`requires_grad`, set by the builder):
+- the task deltas of the encoder (every decomposition but "full" / "frozen" / "none");
+- every task's no-mask embeddings and mask decoder, *except* the decoder's IoU head and the hypernetwork
+  MLPs of mask tokens 1-3: mSAM reads mask token 0 only, so they would never receive a gradient. Keeping
+  them frozen means every trainable parameter gets a gradient in each step (all tasks requested), so DDP
+  needs no `find_unused_parameters=True`;
+- with `train_norms=True` (the paper's setting) every LayerNorm of the encoder (the blocks' norm1/norm2
+  and the neck's two LayerNorm2d), shared by the tasks;
+- "full" unfreezes the whole encoder (no deltas); "frozen" adds no delta and freezes the whole encoder,
+  LayerNorms included (`train_norms` does not apply); "none" adds no delta but honours `train_norms`
+  (LayerNorm-only encoder tuning).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..inject import adapt, mark_trainable, task_deltas
+from ._import import sam_modeling
+from .config import MSamConfig, SamConfig, get_sam_config
+from .encoder import encode_tasks, encoder_norms
+from .weights import NO_MASK_KEY, PE_KEY, SamWeightsSource, fit_sam_state_dict, read_sam_checkpoint
+
+__all__ = ["MultiTaskSAM", "build_msam"]
+
+
+class MultiTaskSAM(nn.Module):
+    """SAM without a prompt encoder: one (adapted) image encoder, per-task no-mask embeddings and decoders.
+
+    Build it with `build_msam`; `MultiTaskSAM(msam_config, checkpoint)` does the same from a config.
+
+    Modules: `image_encoder` (segment_anything's ImageEncoderViT; its blocks' `attn.qkv` become
+    `TaskLinear`s), `pe_layer` (PositionEmbeddingRandom), `decoders` (name -> MaskDecoder),
+    `no_mask_embeds` (name -> Parameter (C_t, D)).
+    """
+
+    def __init__(self, msam_config: MSamConfig, checkpoint: SamWeightsSource | None = None) -> None:
+        super().__init__()
+        if not isinstance(msam_config, MSamConfig):
+            raise TypeError(f"msam_config must be an MSamConfig, got {type(msam_config).__name__}")
+        self.msam_config = msam_config
+        cfg = self.config = msam_config.sam
+        m = sam_modeling()
+        dim = cfg.prompt_embed_dim
+        self.image_encoder = cfg.build_image_encoder()
+        self.pe_layer = m.prompt_encoder.PositionEmbeddingRandom(dim // 2)
+        self.decoders = nn.ModuleDict({name: cfg.build_mask_decoder() for name in msam_config.tasks})
+        no_mask = torch.randn(1, dim)  # SAM's nn.Embedding init, shared by every channel as a checkpoint's is
+        self.no_mask_embeds = nn.ParameterDict({
+            name: nn.Parameter(no_mask.expand(c, dim).clone()) for name, c in msam_config.tasks.items()
+        })
+        first = next(iter(self.decoders.values()))
+        for dec in self.decoders.values():  # one SAM decoder copied into every task, as from a checkpoint
+            if dec is not first:
+                dec.load_state_dict(first.state_dict())
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1), persistent=False)
+        self._task_index = {name: i for i, name in enumerate(msam_config.tasks)}
+
+        if checkpoint is not None:
+            self.load_sam_checkpoint(checkpoint)
+        if msam_config.has_delta:
+            c = msam_config
+            adapt(
+                self.image_encoder, targets=[f"blocks.{i}.attn.qkv" for i in range(cfg.encoder_depth)],
+                decomp=c.decomp, num_tasks=len(c.tasks), ranks=c.ranks, scale=c.scale, dropout=c.dropout,
+                init=c.init, qkv=c.qkv,
+            )
+        self.reset_trainable()
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.msam_config.tasks)
+
+    @property
+    def task_channels(self) -> dict[str, int]:
+        return dict(self.msam_config.tasks)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.msam_config.tasks)
+
+    @property
+    def task_agnostic(self) -> bool:
+        """True when the encoder is the same for every task (it then runs once per batch)."""
+        return self.msam_config.task_agnostic
+
+    @property
+    def image_embedding_size(self) -> tuple[int, int]:
+        g = self.config.grid_size
+        return (g, g)
+
+    # ----------------------------------------------------------------------------- weights
+    @torch.no_grad()
+    def load_sam_checkpoint(self, checkpoint: SamWeightsSource) -> None:
+        """Load an official-format SAM state dict (path or mapping) into the *plain* modules.
+
+        Must run before the deltas wrap `qkv` (the constructor does this). Encoder tensors load as they
+        are (position tables resized to `config.image_size`); SAM's mask decoder is copied into every
+        task's decoder, its `no_mask_embed` into every task's C_t embeddings, and the prompt encoder's
+        Gaussian PE matrix into `pe_layer`. Errors name the file, the keys and the shapes.
+        """
+        if any(True for _ in task_deltas(self)):
+            raise RuntimeError("load_sam_checkpoint must run before the encoder is adapted (qkv wrapped)")
+        state, source = read_sam_checkpoint(checkpoint)
+        state = fit_sam_state_dict(state, self.config, source)
+        enc = {k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")}
+        dec = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
+        self.image_encoder.load_state_dict(enc, strict=True)
+        for decoder in self.decoders.values():
+            decoder.load_state_dict(dec, strict=True)
+        self.pe_layer.positional_encoding_gaussian_matrix.copy_(state[PE_KEY])
+        for emb in self.no_mask_embeds.values():
+            emb.copy_(state[NO_MASK_KEY].expand_as(emb))
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """The modules (besides the deltas) whose parameters train, following the module docstring."""
+        c = self.msam_config
+        mods: list[nn.Module] = []
+        for dec in self.decoders.values():
+            mods += [dec.transformer, dec.iou_token, dec.mask_tokens, dec.output_upscaling]
+            mods.append(dec.output_hypernetworks_mlps[0])  # mask token 0's; the IoU head and 1-3 stay frozen
+        if c.decomp == "full":
+            mods.append(self.image_encoder)
+        elif c.train_norms and c.decomp != "frozen":
+            mods += encoder_norms(self.image_encoder)
+        return mods
+
+    def reset_trainable(self) -> int:
+        """Set `requires_grad` as the builder does (see the module docstring); return #trainable."""
+        ids = {id(p) for mod in self.trainable_modules() for p in mod.parameters()}
+        ids |= {id(p) for p in self.no_mask_embeds.values()}
+        return mark_trainable(self, extra=lambda _n, p: id(p) in ids)
+
+    # ----------------------------------------------------------------------------- forward pieces
+    def _task_ids(self, tasks: Sequence[str] | str | None) -> list[str]:
+        if tasks is None:
+            return self.task_names
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        names = list(tasks)
+        unknown = [t for t in names if t not in self._task_index]
+        if unknown:
+            raise KeyError(f"unknown task(s) {unknown} in tasks; the model has {self.task_names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks lists a task twice: {names}")
+        if not names:
+            raise ValueError("tasks must name at least one task (or be None for all)")
+        return names
+
+    def preprocess(self, images: Tensor, normalize: bool = True) -> tuple[Tensor, tuple[int, int]]:
+        """(B, 3, H, W) in [0, 1] -> the encoder input (B, 3, S, S) float32 and the resized size (h, w).
+
+        As SAM: the longest side is resized to S (bilinear, antialiased), pixels are normalised with SAM's
+        mean / std (0-255 scale; the [0, 1] images are scaled by 255 first) and the image is zero-padded
+        at the bottom / right. With `normalize=False` the images are taken as already normalised.
+        """
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+        H, W = images.shape[-2:]
+        S = self.config.image_size
+        factor = S / max(H, W)
+        h, w = int(H * factor + 0.5), int(W * factor + 0.5)
+        x = images.float()
+        if (h, w) != (H, W):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        if normalize:
+            x = (x * 255.0 - self.pixel_mean) / self.pixel_std
+        if (h, w) != (S, S):
+            x = F.pad(x, (0, S - w, 0, S - h))
+        return x, (h, w)
+
+    def _encode(self, x: Tensor, task_indices: Sequence[int]) -> Tensor:
+        """x (B, 3, S, S) -> (B, D, g, g) if task-agnostic or one task, else task-major (T'*B, D, g, g)."""
+        c = self.msam_config
+        recompute = c.grad_checkpointing and self.training and torch.is_grad_enabled()
+        return encode_tasks(self.image_encoder, x, task_indices, c.has_delta, c.task_agnostic, recompute)
+
+    def encode(self, images: Tensor, task: str, normalize: bool = True) -> Tensor:
+        """Image embeddings of `task`: (B, 3, H, W) in [0, 1] -> (B, D, g, g) (D = prompt_embed_dim)."""
+        (name,) = self._task_ids([task])
+        x, _ = self.preprocess(images, normalize)
+        return self._encode(x, [self._task_index[name]])
+
+    def image_pe(self, device: torch.device | None = None) -> Tensor:
+        """The dense positional encoding of the embedding grid, (1, D, g, g), float32 (outside autocast)."""
+        device = device or self.pe_layer.positional_encoding_gaussian_matrix.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+
+    def decode(self, task: str, embeddings: Tensor, image_pe: Tensor | None = None) -> Tensor:
+        """Task `task`'s decoder: (B, D, g, g) -> low-resolution logits (B, C_t, 4g, 4g).
+
+        Each of the task's C_t no-mask embeddings is added to each image's embedding and the B*C_t pairs
+        run through the decoder in one batch (no sparse prompts, so the tokens are SAM's IoU token and
+        4 mask tokens); channel c is mask token 0's mask. This is `MaskDecoder.predict_masks(...)[0][:, 0]`
+        per image, batched over images (predict_masks repeat-interleaves one image by its prompt count,
+        so it cannot take B images at once), computing only the hypernetwork MLP of mask token 0.
+        """
+        dec = self.decoders[task]
+        emb = self.no_mask_embeds[task]  # (C, D)
+        B, D, h, w = embeddings.shape
+        C = emb.shape[0]
+        pe = self.image_pe(embeddings.device) if image_pe is None else image_pe
+        src = (embeddings.unsqueeze(1) + emb[None, :, :, None, None].to(embeddings.dtype)).reshape(B * C, D, h, w)
+        tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = tokens.unsqueeze(0).expand(B * C, -1, -1)
+        hs, keys = dec.transformer(src, pe, tokens)  # pe (1, D, g, g) broadcasts over the B*C pairs
+        upscaled = dec.output_upscaling(keys.transpose(1, 2).reshape(B * C, D, h, w))  # (BC, D/8, 4h, 4w)
+        hyper = dec.output_hypernetworks_mlps[0](hs[:, 1])  # mask token 0 -> (BC, D/8)
+        masks = torch.bmm(hyper.unsqueeze(1), upscaled.flatten(2))  # (BC, 1, 16hw)
+        return masks.reshape(B, C, *upscaled.shape[-2:])
+
+    def postprocess(self, masks: Tensor, resized: tuple[int, int], size: tuple[int, int]) -> Tensor:
+        """SAM's mask post-processing: (B, C, 4g, 4g) -> upsample to (S, S), crop to `resized`, resize to `size`."""
+        S = self.config.image_size
+        masks = F.interpolate(masks, size=(S, S), mode="bilinear", align_corners=False)
+        masks = masks[..., : resized[0], : resized[1]]
+        if tuple(resized) != tuple(size):
+            masks = F.interpolate(masks, size=tuple(size), mode="bilinear", align_corners=False)
+        return masks
+
+    def forward(
+        self, images: Tensor, tasks: Sequence[str] | None = None, normalize: bool = True
+    ) -> dict[str, Tensor]:
+        """(B, 3, H, W) images in [0, 1] -> {task: logits (B, C_t, H, W)} for `tasks` (default all).
+
+        The encoder runs once on a mixed-task batch of T'*B samples (T' requested tasks), or once on B
+        samples when it is task-agnostic; each task's decoder then runs once on B*C_t pairs.
+        """
+        names = self._task_ids(tasks)
+        size = tuple(images.shape[-2:])
+        x, resized = self.preprocess(images, normalize)
+        B = x.shape[0]
+        emb = self._encode(x, [self._task_index[n] for n in names])
+        pe = self.image_pe(x.device)
+        low = []
+        for k, name in enumerate(names):
+            e = emb if emb.shape[0] == B else emb[k * B:(k + 1) * B]
+            low.append(self.decode(name, e, pe))
+        full = self.postprocess(torch.cat(low, dim=1), resized, size)  # one resize for all tasks' channels
+        return dict(zip(names, full.split([m.shape[1] for m in low], dim=1)))
+
+    def extra_repr(self) -> str:
+        c = self.msam_config
+        return f"model_type={self.config.name!r}, tasks={c.tasks}, decomp={c.decomp!r}, ranks={c.ranks}"
+
+
+# --------------------------------------------------------------------------------------------- builder
+def build_msam(
+    model_type: str | SamConfig,
+    tasks: Mapping[str, int],
+    checkpoint: SamWeightsSource | None = None,
+    decomp: str = "tucker",
+    ranks: int | str | Sequence[int] | None = None,
+    qkv: str = "qkv",
+    scale: float = 0.5,
+    dropout: float = 0.1,
+    train_norms: bool = True,
+    image_size: int | None = None,
+    init: str = "paper",
+    grad_checkpointing: bool = False,
+) -> MultiTaskSAM:
+    """Build an mSAM (see the module docstring for what it computes and what trains).
+
+    Args:
+        model_type: "vit_b", "vit_l", "vit_h" (official dimensions), "tiny", or a `SamConfig`.
+        tasks: ordered task name -> output channels, e.g. {"semantic": 13, "depth": 1, "normal": 3}.
+        checkpoint: an official-format SAM state dict (a `torch.save`d file, read with weights_only=True,
+            or a mapping); None keeps the random init (one random SAM decoder copied into every task).
+        decomp: "cp", "tucker" (TA-LoRA), "tt", "lora" (LoRA-STL), "shared-lora" (LoRA-HPS), "full"
+            (encoder unfrozen, no delta), "frozen" (no delta, encoder frozen), "none" (no delta; LayerNorms
+            train if train_norms).
+        ranks: the delta's ranks; None = `default_ranks(decomp, config)`: the paper's for the official
+            sizes (`PAPER_RANKS`: tucker (4, 32, 32), cp 32, tt (16, 16), lora / shared-lora 32), `SMALL_RANKS`
+            for the tiny config (tucker (4, 8, 8), cp 8, tt (4, 8), lora / shared-lora 8). Never clipped:
+            an invalid rank raises, naming it. Must be None for full / frozen / none.
+        qkv: which of the fused q, k, v rows the deltas adapt (any non-empty subset, e.g. "qv").
+        scale: delta multiplier (the paper: 0.5). dropout: on the delta's input.
+        train_norms: also train the encoder's LayerNorms (the paper does).
+        image_size: encoder input side S (default the config's); a checkpoint of another size has its
+            position tables interpolated.
+        init: "paper" (zero core, N(0, 1) factors) or "orthonormal"; both start at a zero delta.
+        grad_checkpointing: recompute encoder-block activations in backward (vit_l / vit_h memory).
+
+    Build on the meta device (`with torch.device("meta"): build_msam("vit_h", ...)`) to count parameters
+    without allocating weights.
+    """
+    sam = get_sam_config(model_type, image_size)
+    source = None
+    if checkpoint is not None and not isinstance(checkpoint, Mapping):
+        source = str(Path(checkpoint).expanduser().resolve())
+    config = MSamConfig(
+        sam=sam, tasks=dict(tasks) if isinstance(tasks, Mapping) else tasks, decomp=decomp, ranks=ranks,
+        qkv=qkv, scale=scale, dropout=dropout, train_norms=train_norms, init=init, checkpoint=source,
+        grad_checkpointing=grad_checkpointing,
+    )
+    return MultiTaskSAM(config, checkpoint)
