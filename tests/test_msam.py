@@ -55,12 +55,25 @@ def test_preprocess_matches_sam(sam):
 
 @pytest.mark.parametrize("decomp", DECOMPS)
 def test_zero_deltas_bit_identical_to_plain_encoder(sam, ckpt, decomp):
-    model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp=decomp).eval()
+    # attention="sam" runs segment-anything's attention kernel, so the comparison can be bit-exact; the
+    # default fused attention equals it to float tolerance (next test, and tests/test_sam_attention.py)
+    model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp=decomp, attention="sam").eval()
     x = torch.rand(2, 3, 96, 128)
     with torch.no_grad():
         ref = sam.image_encoder(sam.preprocess(x * 255))
         for task in SMALL:
             assert torch.equal(model.encode(x, task), ref), task
+
+
+@pytest.mark.parametrize("decomp", ["tucker", "frozen"])
+def test_zero_deltas_with_fused_attention_equal_plain_encoder(sam, ckpt, decomp):
+    model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp=decomp).eval()
+    assert model.msam_config.attention == "sdpa"
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        ref = sam.image_encoder(sam.preprocess(x * 255))
+        for task in SMALL:
+            assert torch.allclose(model.encode(x, task), ref, atol=1e-5, rtol=1e-5), task
 
 
 @pytest.mark.parametrize("size", [(96, 128), (192, 256)])

@@ -19,6 +19,7 @@ from .._utils import dataclass_kwargs
 from ..deltas import INITS, parse_ranks
 from ..layers import qkv_rows
 from ._import import sam_modeling
+from .attention import ATTENTIONS
 from .decomps import DECOMPS, NO_DELTA, TASK_AGNOSTIC, default_ranks
 
 __all__ = ["SamConfig", "SAM_CONFIGS", "MODEL_TYPES", "get_sam_config", "build_sam", "MSamConfig"]
@@ -198,6 +199,8 @@ class MSamConfig:
             an in-memory state dict).
         grad_checkpointing: recompute each encoder block's activations in backward instead of storing
             them (activation checkpointing; trades ~1 extra encoder forward for memory).
+        attention: the encoder's attention, "sdpa" (fused, never stores the N x N matrix; see
+            `tensoradapt.sam.attention`) or "sam" (segment-anything's own forward). Equal to float tolerance.
     """
 
     sam: SamConfig
@@ -211,6 +214,7 @@ class MSamConfig:
     init: str = "paper"
     checkpoint: str | None = None
     grad_checkpointing: bool = False
+    attention: str = "sdpa"
 
     def __post_init__(self) -> None:
         if isinstance(self.sam, Mapping):
@@ -244,6 +248,8 @@ class MSamConfig:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not isinstance(self.grad_checkpointing, bool):
             raise TypeError(f"grad_checkpointing must be a bool, got {self.grad_checkpointing!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
 
     @property
     def has_delta(self) -> bool:

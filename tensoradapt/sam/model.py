@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from ..inject import adapt, mark_trainable, task_deltas
 from ._import import sam_modeling
+from .attention import set_attention
 from .config import MSamConfig, SamConfig, get_sam_config
 from .encoder import encode_tasks, encoder_norms
 from .weights import NO_MASK_KEY, PE_KEY, SamWeightsSource, fit_sam_state_dict, read_sam_checkpoint
@@ -79,6 +80,7 @@ class MultiTaskSAM(nn.Module):
 
         if checkpoint is not None:
             self.load_sam_checkpoint(checkpoint)
+        set_attention(self.image_encoder, msam_config.attention)
         if msam_config.has_delta:
             c = msam_config
             adapt(
@@ -284,6 +286,7 @@ def build_msam(
     image_size: int | None = None,
     init: str = "paper",
     grad_checkpointing: bool = False,
+    attention: str = "sdpa",
 ) -> MultiTaskSAM:
     """Build an mSAM (see the module docstring for what it computes and what trains).
 
@@ -306,6 +309,8 @@ def build_msam(
             position tables interpolated.
         init: "paper" (zero core, N(0, 1) factors) or "orthonormal"; both start at a zero delta.
         grad_checkpointing: recompute encoder-block activations in backward (vit_l / vit_h memory).
+        attention: "sdpa" (default: fused attention, relative positions folded into q / k, no N x N matrix
+            stored) or "sam" (segment-anything's attention forward).
 
     Build on the meta device (`with torch.device("meta"): build_msam("vit_h", ...)`) to count parameters
     without allocating weights.
@@ -317,6 +322,6 @@ def build_msam(
     config = MSamConfig(
         sam=sam, tasks=dict(tasks) if isinstance(tasks, Mapping) else tasks, decomp=decomp, ranks=ranks,
         qkv=qkv, scale=scale, dropout=dropout, train_norms=train_norms, init=init, checkpoint=source,
-        grad_checkpointing=grad_checkpointing,
+        grad_checkpointing=grad_checkpointing, attention=attention,
     )
     return MultiTaskSAM(config, checkpoint)
