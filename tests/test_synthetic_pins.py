@@ -6,7 +6,8 @@ not meant (a refactor, a reordered random draw, a new default) is caught here.
 To change the generator on purpose:
   1. bump ``SYNTHETIC_VERSION`` in ``tensoradapt/data/synthetic/streams.py`` (it seeds every scene and keys the
      dataset cache, so cached datasets of the old generator are rebuilt, never mixed with new ones);
-  2. run ``python tests/test_synthetic_pins.py`` and paste what it prints over ``_PINNED_VERSION`` and ``_PINS``.
+  2. run ``python tests/test_synthetic_pins.py`` and paste what it prints over the block from ``_PINNED_VERSION``
+     to ``_IMAGE_SUMS``.
 
 The label, instance, depth and normal arrays only use IEEE-exact numpy arithmetic (and Python's `math` for the
 scene), so their hashes hold on every CPU. The image goes through numpy's float32 sin / exp / pow, whose last
@@ -22,7 +23,8 @@ import struct
 
 import numpy as np
 
-from tensoradapt.data.synthetic import STREAMS, SYNTHETIC_VERSION, _scene_rng, sample_scene, synthesize
+from tensoradapt.data.synthetic import STREAMS, SYNTHETIC_VERSION, sample_scene, synthesize
+from tensoradapt.data.synthetic.streams import scene_rng
 
 #: (stream, index) at 48 x 64, seed 0: between them the two scenes draw every furniture kind.
 _SCENES = (("train", 4), ("sam_train", 4))
@@ -74,7 +76,7 @@ def _scene_bytes(value: object) -> bytes:
 
 def _scene_sha(stream: str, index: int) -> str:
     """sha256 of the scene description: catches a change to the scene even where no pixel shows it."""
-    return hashlib.sha256(_scene_bytes(sample_scene(_scene_rng(0, STREAMS[stream], index)))).hexdigest()
+    return hashlib.sha256(_scene_bytes(sample_scene(scene_rng(0, STREAMS[stream], index)))).hexdigest()
 
 
 def _float32_math_probe() -> str:
