@@ -1,6 +1,8 @@
 """The synthetic scene generator: geometric consistency, ranges, determinism, the on-disk layout, caching."""
 import json
 import os
+import runpy
+import sys
 
 import numpy as np
 import pytest
@@ -154,3 +156,23 @@ def test_argument_errors(tmp_path):
         generate_synthetic(tmp_path, n_train=1, n_val=1, height=2)
     with pytest.raises(ValueError, match="stream"):
         synthesize(0, stream="test")
+
+
+def test_progress_bar_only_when_asked(tmp_path, capsys):
+    generate_synthetic(tmp_path / "quiet", n_train=2, n_val=0, height=16, width=24, workers=1, progress=False)
+    assert capsys.readouterr().err == ""
+    generate_synthetic(tmp_path / "loud", n_train=2, n_val=0, height=16, width=24, workers=1, progress=True)
+    assert "synthetic scenes" in capsys.readouterr().err
+
+
+def test_command_line(tmp_path, capsys, monkeypatch):
+    def cli(*args):  # as `python -m tensoradapt.data.synthetic ARGS` (runpy is what -m uses)
+        monkeypatch.setattr(sys, "argv", ["synthetic", *args])
+        runpy.run_module("tensoradapt.data.synthetic", run_name="__main__")
+        return capsys.readouterr().out
+
+    size = ["--height", "16", "--width", "24"]
+    out = cli("--root", str(tmp_path / "cli"), "--n-train", "2", "--n-val", "1", "--workers", "1", *size)
+    assert "2 train + 1 val scenes" in out
+    assert synthetic_is_complete(tmp_path / "cli", 2, 1, 0, 16, 24)
+    assert "rendered 1 scenes at 16x24" in cli("--render-only", "--n-train", "1", *size)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .synthetic import CLASSES
+from .synthetic.classes import CLASSES
 
 __all__ = ["NYUv2", "crop_resize", "scale_crop", "hflip", "random_scale_crop_flip", "resize_sample", "NYUV2_SCALES"]
 
