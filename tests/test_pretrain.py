@@ -1,25 +1,27 @@
-"""Tiny SAM pretraining: a few steps write an official-format state dict that loads like SAM's own."""
+"""Tiny SAM pretraining: the pieces against hand computations, and a few fixed steps write an official-format
+state dict that loads like SAM's own, the same bytes every time."""
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from tensoradapt.sam.config import build_sam, get_sam_config
-from tensoradapt.sam.pretrained import (
+from tensoradapt.sam import build_sam, get_sam_config
+from tensoradapt.train.pretrain import (
     PretrainConfig,
     PromptScenes,
-    _boxes,
-    _interior_points,
-    _mask_iou,
     dice_loss,
-    ensure_tiny_sam_checkpoint,
     evaluate_prompted_iou,
     focal_loss,
     load_sam_checkpoint,
+    mask_iou,
     pretrain_tiny_sam,
 )
+from tensoradapt.train.pretrain.objective import prompted_mask_loss
+from tensoradapt.train.pretrain.prompts import box_masks, interior_points, jitter_boxes, mask_boxes, random_points
+from tensoradapt.train.schedule import lr_factor
 
 FAST = dict(n_scenes=4, n_heldout=2, batch_size=2, masks_per_image=2, eval_masks_per_scene=2)
 
@@ -28,14 +30,50 @@ def test_prompt_helpers_hand_computed():
     m = torch.zeros(2, 6, 8, dtype=torch.bool)
     m[0, 1:4, 2:7] = True          # rows 1..3, cols 2..6
     m[1, 5, 0] = True
-    assert _boxes(m).tolist() == [[2.0, 1.0, 6.0, 3.0], [0.0, 5.0, 0.0, 5.0]]
-    p = _interior_points(m)
+    boxes = mask_boxes(m)
+    assert boxes.tolist() == [[2.0, 1.0, 6.0, 3.0], [0.0, 5.0, 0.0, 5.0]]
+    assert torch.equal(box_masks(boxes, 6, 8), m)      # both masks are their own boxes
+    p = interior_points(m)
     assert p[0].tolist() == [4.0, 2.0] and p[1].tolist() == [0.0, 5.0]
+    g = torch.Generator().manual_seed(0)
+    inside, outside = random_points(m, True, g).long(), random_points(m, False, g).long()
+    assert all(m[k, y, x] for k, (x, y) in enumerate(inside.tolist()))
+    assert not any(m[k, y, x] for k, (x, y) in enumerate(outside.tolist()))
+    jittered = jitter_boxes(boxes, g)
+    assert (jittered >= 0).all() and ((jittered - boxes).abs() <= 4.0).all()
     a = torch.zeros(1, 4, 4, dtype=torch.bool)
     b = torch.zeros(1, 4, 4, dtype=torch.bool)
     a[0, :2] = True                 # 8 pixels
     b[0, 1:3] = True                # 8 pixels, 4 shared
-    assert _mask_iou(a, b).item() == pytest.approx(4 / 12)
+    assert mask_iou(a, b).item() == pytest.approx(4 / 12)
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def test_focal_and_dice_match_a_direct_computation():
+    logits = torch.tensor([[[0.0, 2.0], [-1.0, 3.0]]])     # (1, 2, 2): one mask
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    alpha, gamma = 0.3, 2.0
+    terms, inter, p_sum = [], 0.0, 0.0
+    for z, t in zip(logits.flatten().tolist(), target.flatten().tolist()):
+        p = _sigmoid(z)
+        ce = -(t * math.log(p) + (1 - t) * math.log(1 - p))
+        p_t = p if t else 1 - p
+        a_t = alpha if t else 1 - alpha
+        terms.append(a_t * (1 - p_t) ** gamma * ce)
+        inter += p * t
+        p_sum += p
+    focal = sum(terms) / 4
+    dice = 1 - (2 * inter + 1) / (p_sum + target.sum().item() + 1)
+    assert focal_loss(logits, target, alpha=alpha, gamma=gamma).tolist() == pytest.approx([focal], rel=1e-6)
+    assert dice_loss(logits, target).tolist() == pytest.approx([dice], rel=1e-6)
+    # per mask: a (K, M, h, w) batch gives (K, M), each what it gives alone
+    both = torch.stack([logits, -logits], 1)                # (1, 2, 2, 2)
+    tt = target[:, None].expand_as(both)
+    assert focal_loss(both, tt).shape == (1, 2)
+    assert dice_loss(both, tt)[0, 1].item() == pytest.approx(dice_loss(-logits, target).item())
 
 
 def test_losses_behave():
@@ -64,7 +102,7 @@ def test_scenes_are_sam_preprocessed():
 
 def test_a_few_steps_write_a_loadable_official_state_dict(tmp_path):
     out = tmp_path / "ckpt" / "tiny.pth"
-    report = pretrain_tiny_sam(out, progress=False, max_steps=3, **FAST)
+    report = pretrain_tiny_sam(out, progress=False, steps=3, **FAST)
     assert report["steps"] == 3
     assert out.is_file() and not list(out.parent.glob(".*tmp*"))  # atomic: no temporary left behind
     state = torch.load(out, map_location="cpu", weights_only=True)
@@ -82,12 +120,47 @@ def test_a_few_steps_write_a_loadable_official_state_dict(tmp_path):
     assert any(k.startswith("mask_decoder.") for k in changed)
     # the image PE buffer is saved too (not loading it would leave a silently random PE)
     assert "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix" in state
-    meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["steps"] == 3 and set(meta["heldout_iou"]) == {"pretrained", "random_init"}
-    for v in meta["heldout_iou"].values():
-        assert 0.0 <= v["box_iou"] <= 1.0 and 0.0 <= v["point_iou"] <= 1.0 and v["n_masks"] > 0
     loaded = load_sam_checkpoint(out)
     assert torch.equal(loaded.mask_decoder.mask_tokens.weight, state["mask_decoder.mask_tokens.weight"])
+
+
+def test_report_fields(tmp_path):
+    out = tmp_path / "tiny.pth"
+    pc = PretrainConfig(steps=4, seed=4, warmup_steps=1, **FAST)
+    report = pretrain_tiny_sam(out, pc, progress=False)
+    assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(report))
+    assert report["pretrain_config"] == pc.to_dict() and PretrainConfig.from_dict(report["pretrain_config"]) == pc
+    assert report["steps"] == 4 and report["seed"] == 4 and report["torch_threads"] == 1
+    import hashlib
+
+    assert report["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert set(report["heldout_iou"]) == {"pretrained", "random_init"}
+    for v in report["heldout_iou"].values():
+        assert 0.0 <= v["box_iou"] <= 1.0 and 0.0 <= v["point_iou"] <= 1.0 and v["n_masks"] > 0
+        assert 0.0 < v["box_fill_iou"] <= 1.0                # the "box itself" reference
+    hist = report["history"]
+    assert [h["step"] for h in hist] == [1, 4] and math.isfinite(report["final_loss"])
+    assert all(h["threads"] == 1 for h in hist)
+    # warm-up then cosine over exactly `steps` (train/schedule.py): the lr each logged step used
+    for h in hist:
+        assert h["lr"] == pytest.approx(pc.lr * lr_factor(h["step"] - 1, 4, 1, "cosine", pc.min_lr_ratio))
+    assert pc.min_lr_ratio * pc.lr < hist[-1]["lr"] < pc.lr            # decaying, not yet at the floor
+
+
+def test_same_config_and_seed_give_bit_identical_checkpoints(tmp_path):
+    torch.set_num_threads(2)       # the caller's setting: pretraining runs one thread, then restores it
+    try:
+        rng = torch.get_rng_state()
+        a = pretrain_tiny_sam(tmp_path / "a.pth", progress=False, steps=3, **FAST)
+        assert torch.get_num_threads() == 2 and torch.equal(torch.get_rng_state(), rng)
+        assert all(h["threads"] == 1 for h in a["history"])
+    finally:
+        torch.set_num_threads(1)
+    b = pretrain_tiny_sam(tmp_path / "b.pth", progress=False, steps=3, **FAST)
+    assert (tmp_path / "a.pth").read_bytes() == (tmp_path / "b.pth").read_bytes()
+    assert a["sha256"] == b["sha256"] and a["history"] == b["history"] and a["heldout_iou"] == b["heldout_iou"]
+    c = pretrain_tiny_sam(tmp_path / "c.pth", progress=False, steps=3, seed=1, **FAST)
+    assert c["sha256"] != a["sha256"]
 
 
 @pytest.fixture
@@ -100,8 +173,6 @@ def one_thread():
 
 
 def test_training_reduces_the_loss(one_thread):
-    from tensoradapt.sam.pretrained import _train_step
-
     cfg = get_sam_config("tiny")
     data = PromptScenes(cfg, 6, seed=0)
     pc = PretrainConfig(batch_size=3, masks_per_image=3)
@@ -110,13 +181,13 @@ def test_training_reduces_the_loss(one_thread):
 
     def fixed_batch_loss():
         with torch.no_grad():
-            return float(_train_step(sam, data, pc, torch.Generator().manual_seed(123))["loss"])
+            return float(prompted_mask_loss(sam, data, pc, torch.Generator().manual_seed(123))["loss"])
 
     before = fixed_batch_loss()
     opt = torch.optim.AdamW(sam.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(30):
-        loss = _train_step(sam, data, pc, g)["loss"]
+        loss = prompted_mask_loss(sam, data, pc, g)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -135,83 +206,29 @@ def test_evaluation_is_deterministic():
     assert 0.3 < a["box_fill_iou"] <= 1.0
 
 
-def test_ensure_finds_or_builds(tmp_path, monkeypatch):
-    monkeypatch.setenv("TENSORADAPT_CACHE", str(tmp_path / "cache"))
-    import tensoradapt.sam.pretrained as P
-
-    calls = []
-    real = P.pretrain_tiny_sam
-
-    def small(path, config, progress=True):
-        calls.append(config.budget_s)
-        report = real(path, config, progress=False, max_steps=1, **FAST)
-        meta = path.with_suffix(".json")
-        meta.write_text(json.dumps({**json.loads(meta.read_text()), "steps": P.MIN_REUSE_STEPS}))
-        return report
-
-    monkeypatch.setattr(P, "pretrain_tiny_sam", small)
-    path = ensure_tiny_sam_checkpoint(budget_s=30, progress=False)
-    assert path.is_file() and str(path).startswith(str(tmp_path / "cache"))
-    assert calls == [30]
-    stamp = path.stat().st_mtime_ns
-    assert ensure_tiny_sam_checkpoint(progress=False) == path     # found: not rebuilt
-    assert calls == [30] and path.stat().st_mtime_ns == stamp
-    path.write_bytes(b"not a checkpoint")                          # corrupt: rebuilt
-    ensure_tiny_sam_checkpoint(progress=False)
-    assert len(calls) == 2
-    torch.load(path, weights_only=True)
-    meta = path.with_suffix(".json")                               # under-trained: rebuilt
-    meta.write_text(json.dumps({**json.loads(meta.read_text()), "steps": 0}))
-    ensure_tiny_sam_checkpoint(progress=False)
-    assert len(calls) == 3
-    meta.unlink()                                                  # no report (a user's file): trusted
-    ensure_tiny_sam_checkpoint(progress=False)
-    assert len(calls) == 3
-
-
-def test_min_steps_outlast_a_too_small_budget(tmp_path):
-    # a budget already spent by the set-up (as on a busy machine) still trains min_steps steps
-    report = pretrain_tiny_sam(tmp_path / "m.pth", progress=False, budget_s=0.01, min_steps=4, **FAST)
-    assert report["steps"] == 4
-    assert report["history"][0]["lr"] > 0
-
-
-def test_config_and_cli_errors(tmp_path):
-    with pytest.raises(ValueError, match="budget_s"):
-        PretrainConfig(budget_s=0)
-    with pytest.raises(ValueError, match="batch_size"):
-        PretrainConfig(batch_size=0)
+def test_config_and_cli_errors(tmp_path, capsys):
+    for bad, name in [(dict(steps=0), "steps"), (dict(batch_size=0), "batch_size"), (dict(steps=2.5), "steps"),
+                      (dict(lr=0), "lr"), (dict(seed=-1), "seed"), (dict(min_lr_ratio=2), "min_lr_ratio")]:
+        with pytest.raises(ValueError, match=name):
+            PretrainConfig(**bad)
     with pytest.raises(ValueError, match="model_type"):
         PretrainConfig(model="vit_q")
+    with pytest.raises(ValueError, match="budget_s"):
+        PretrainConfig.from_dict({**PretrainConfig().to_dict(), "budget_s": 180.0})  # an old report's config
     spec = importlib.util.spec_from_file_location(
         "pretrain_sam_cli", Path(__file__).parents[1] / "experiments" / "pretrain_sam.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    report = cli.main(["--out", str(tmp_path / "c.pth"), "--max-steps", "1", "--n-scenes", "2", "--n-heldout", "1",
+    with pytest.raises(SystemExit):
+        cli.main(["--steps", "0", "--no-progress"])
+    assert "steps must be an integer >= 1" in capsys.readouterr().err
+    report = cli.main(["--out", str(tmp_path / "c.pth"), "--steps", "1", "--n-scenes", "2", "--n-heldout", "1",
                        "--batch-size", "1", "--no-progress"])
     assert report["steps"] == 1 and (tmp_path / "c.json").is_file()
 
 
-def test_thread_tuner_keeps_the_faster_setting_and_restores():
-    import time
+def test_old_import_path_re_exports_the_same_objects():
+    import tensoradapt.sam.pretrained as old
+    import tensoradapt.train.pretrain as new
 
-    from tensoradapt.sam.pretrained import _ThreadTuner
-
-    original = torch.get_num_threads()
-    tuner = _ThreadTuner()
-    if len(tuner.candidates) == 1:
-        pytest.skip("this process runs one intra-op thread: nothing to choose")
-    calls = []
-
-    def slow_when_threaded():
-        calls.append(torch.get_num_threads())
-        time.sleep(0.01 if torch.get_num_threads() > 1 else 0.0)
-
-    assert tuner.tune(slow_when_threaded) == 1 and torch.get_num_threads() == 1
-    assert len(calls) == 6  # warm-up + 2 timed calls per candidate
-    assert tuner.tune(lambda: time.sleep(0.01 if torch.get_num_threads() == 1 else 0.0)) == original
-    tuner.restore()
-    assert torch.get_num_threads() == original
-    stop_after = iter(range(100))
-    tuner.tune(lambda: None, should_stop=lambda: next(stop_after) >= 2)  # stops early: keeps the default
-    tuner.restore()
+    assert old.__all__ and all(getattr(old, name) is getattr(new, name) for name in old.__all__)

@@ -1,0 +1,25 @@
+"""The tiny-SAM pretraining recipe: SAM's promptable-mask objective on synthetic scenes, a fixed number of steps.
+
+    from tensoradapt.train.pretrain import PretrainConfig, ensure_tiny_sam_checkpoint, pretrain_tiny_sam
+    path = ensure_tiny_sam_checkpoint()                  # cached; built once (default config, ~3 min)
+    report = pretrain_tiny_sam("sam.pth", PretrainConfig(steps=5000, seed=1))
+
+Modules, one job each: `config` (PretrainConfig, recipe version), `scenes` (rendered, SAM-preprocessed
+scenes with instance masks), `prompts` (boxes and points from masks), `losses` (focal, Dice, mask IoU),
+`decode` (prompted SAM decoder passes), `objective` (one batch's loss), `evaluate` (held-out prompted IoU),
+`loop` (the fixed-step training run), `artifact` (checkpoint bytes and report on disk), `build` (the cache).
+"""
+from .artifact import load_sam_checkpoint, read_report, report_path, write_checkpoint
+from .build import checkpoint_mismatch, default_tiny_sam_path, ensure_tiny_sam_checkpoint
+from .config import DEFAULT_STEPS, PRETRAIN_VERSION, PretrainConfig
+from .evaluate import evaluate_prompted_iou, format_report
+from .loop import pretrain_tiny_sam
+from .losses import dice_loss, focal_loss, mask_iou
+from .scenes import PromptScenes, input_size_for
+
+__all__ = [
+    "PRETRAIN_VERSION", "DEFAULT_STEPS", "PretrainConfig", "PromptScenes", "input_size_for", "pretrain_tiny_sam",
+    "evaluate_prompted_iou", "format_report", "default_tiny_sam_path", "ensure_tiny_sam_checkpoint",
+    "checkpoint_mismatch", "load_sam_checkpoint", "write_checkpoint", "read_report", "report_path",
+    "focal_loss", "dice_loss", "mask_iou",
+]

@@ -1,0 +1,68 @@
+"""Pretraining data: synthetic scenes rendered at SAM's input size, preprocessed as SAM does, with instances.
+
+Input: the scene rendered with its longest side at ``image_size`` (NYUv2's 3:4 aspect gives 96 x 128 for the
+tiny config), normalised with SAM's pixel mean / std on the 0-255 scale and zero-padded bottom-right to a
+square, exactly as :meth:`Sam.preprocess` does. Masks: every instance covering at least ``min_area_frac`` of
+the image (walls, floor and ceiling included: SAM is class-agnostic).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm  # not tqdm.auto: in notebooks that wants ipywidgets
+
+from ...sam import SamConfig
+
+__all__ = ["NYU_ASPECT", "input_size_for", "PromptScenes"]
+
+#: (H, W) of NYUv2 frames: the aspect the scenes are rendered at.
+NYU_ASPECT = (288, 384)
+
+
+def input_size_for(cfg: SamConfig, aspect: tuple[int, int] = NYU_ASPECT) -> tuple[int, int]:
+    """(h, w) of an image of the given aspect with its longest side resized to the SAM input size."""
+    H, W = aspect
+    s = cfg.image_size / max(H, W)
+    return int(round(H * s)), int(round(W * s))
+
+
+class PromptScenes:
+    """`n` scenes of one synthetic stream, ready for SAM.
+
+    Attributes:
+        inputs: (N, 3, S, S) float32, normalised (SAM pixel mean / std on 0-255) and zero-padded.
+        instances: (N, h, w) int64 instance ids (h, w: the unpadded size).
+        masks: per scene, the instance ids large enough to prompt (area >= min_area pixels).
+        areas: per scene, (len(masks),) float64 pixel counts of those instances.
+    """
+
+    def __init__(self, cfg: SamConfig, n: int, seed: int = 0, stream: str = "sam_train",
+                 min_area_frac: float = 0.004, progress: bool = False) -> None:
+        from ...data.synthetic import synthesize
+
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.cfg = cfg
+        self.h, self.w = input_size_for(cfg)
+        S = cfg.image_size
+        mean = torch.tensor(cfg.pixel_mean).view(3, 1, 1)
+        std = torch.tensor(cfg.pixel_std).view(3, 1, 1)
+        self.inputs = torch.zeros(n, 3, S, S)
+        self.instances = torch.zeros(n, self.h, self.w, dtype=torch.int64)
+        self.masks: list[list[int]] = []
+        self.areas: list[Tensor] = []
+        min_area = max(4, int(min_area_frac * self.h * self.w))
+        for i in tqdm(range(n), desc=f"render {stream} scenes", disable=not progress):
+            s = synthesize(i, seed=seed, stream=stream, height=self.h, width=self.w)
+            img = torch.from_numpy(s["image"]).permute(2, 0, 1) * 255.0
+            self.inputs[i, :, : self.h, : self.w] = (img - mean) / std
+            inst = torch.from_numpy(s["instance"].astype(np.int64))
+            self.instances[i] = inst
+            ids, counts = torch.unique(inst, return_counts=True)
+            keep = counts >= min_area
+            self.masks.append(ids[keep].tolist())
+            self.areas.append(counts[keep].double())
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
