@@ -31,7 +31,6 @@ builder), :mod:`.furniture` (a builder per furniture kind), :mod:`.sampler` (:fu
 
 Run ``python -m tensoradapt.data.synthetic --help`` for a command line that also reports images/s.
 """
-from ..._utils import file_lock as _file_lock  # deprecated alias: tensoradapt.sam.pretrained still imports it
 from .camera import NYUV2_HFOV, camera_intrinsics
 from .classes import CLASSES, NUM_CLASSES
 from .sampler import sample_scene
