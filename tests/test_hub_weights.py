@@ -68,7 +68,8 @@ def test_folder_reads_as_the_official_layout_and_config(hub, converted):
         "mask_decoder.iou_prediction_head.layers.0.weight": "mask_decoder.iou_prediction_head.proj_in.weight",
         "mask_decoder.iou_prediction_head.layers.1.weight": "mask_decoder.iou_prediction_head.layers.0.weight",
         "mask_decoder.iou_prediction_head.layers.2.weight": "mask_decoder.iou_prediction_head.proj_out.weight",
-        "mask_decoder.output_hypernetworks_mlps.3.layers.2.bias": "mask_decoder.output_hypernetworks_mlps.3.proj_out.bias",
+        "mask_decoder.output_hypernetworks_mlps.3.layers.2.bias":
+            "mask_decoder.output_hypernetworks_mlps.3.proj_out.bias",
         "mask_decoder.output_upscaling.3.weight": "mask_decoder.upscale_conv2.weight",
         "image_encoder.neck.3.weight": "vision_encoder.neck.layer_norm2.weight",
         "prompt_encoder.mask_downscaling.6.weight": "prompt_encoder.mask_embed.conv3.weight",

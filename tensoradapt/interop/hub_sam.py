@@ -49,7 +49,9 @@ _DECODER_DEFAULTS = {
     "attention_downsample_rate": 2, "num_multimask_outputs": 3, "iou_head_depth": 3, "iou_head_hidden_dim": 256,
 }
 
-_MLP = re.compile(r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.(proj_in|layers\.(\d+)|proj_out)\.(.+)$")
+_MLP = re.compile(
+    r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.(proj_in|layers\.(\d+)|proj_out)\.(.+)$"
+)
 
 
 def _mlp_key(match: re.Match, depth: int) -> str:
@@ -59,6 +61,16 @@ def _mlp_key(match: re.Match, depth: int) -> str:
     return f"{prefix}.layers.{index}.{rest}"
 
 
+# transformers names the children of the official nn.Sequentials (the activations hold the skipped indices)
+_SEQUENTIALS: dict[str, tuple[str, dict[str, int]]] = {
+    "vision_encoder.neck": ("image_encoder.neck", {"conv1": 0, "layer_norm1": 1, "conv2": 2, "layer_norm2": 3}),
+    "prompt_encoder.mask_embed": (
+        "prompt_encoder.mask_downscaling", {"conv1": 0, "layer_norm1": 1, "conv2": 3, "layer_norm2": 4, "conv3": 6},
+    ),
+    "mask_decoder": (
+        "mask_decoder.output_upscaling", {"upscale_conv1": 0, "upscale_layer_norm": 1, "upscale_conv2": 3},
+    ),
+}
 # (transformers pattern, official replacement); the first match wins. Keys already equal in both
 # layouts (the encoder's attention and MLP, the decoder's attention and tokens) map to themselves.
 _RENAMES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
@@ -66,26 +78,17 @@ _RENAMES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
     (r"^vision_encoder\.pos_embed$", "image_encoder.pos_embed"),
     (r"^vision_encoder\.layers\.(\d+)\.layer_norm([12])\.", r"image_encoder.blocks.\1.norm\2."),
     (r"^vision_encoder\.layers\.(\d+)\.(attn|mlp)\.", r"image_encoder.blocks.\1.\2."),
-    (r"^vision_encoder\.neck\.conv1\.", "image_encoder.neck.0."),
-    (r"^vision_encoder\.neck\.layer_norm1\.", "image_encoder.neck.1."),
-    (r"^vision_encoder\.neck\.conv2\.", "image_encoder.neck.2."),
-    (r"^vision_encoder\.neck\.layer_norm2\.", "image_encoder.neck.3."),
     (r"^shared_image_embedding\.positional_embedding$", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
-    (r"^prompt_encoder\.mask_embed\.conv1\.", "prompt_encoder.mask_downscaling.0."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "prompt_encoder.mask_downscaling.1."),
-    (r"^prompt_encoder\.mask_embed\.conv2\.", "prompt_encoder.mask_downscaling.3."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "prompt_encoder.mask_downscaling.4."),
-    (r"^prompt_encoder\.mask_embed\.conv3\.", "prompt_encoder.mask_downscaling.6."),
     (r"^prompt_encoder\.point_embed\.(\d+)\.", r"prompt_encoder.point_embeddings.\1."),
     (r"^prompt_encoder\.(no_mask_embed|not_a_point_embed)\.", r"prompt_encoder.\1."),
     (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm([1-4])\.", r"mask_decoder.transformer.layers.\1.norm\2."),
     (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
     (r"^mask_decoder\.transformer\.", "mask_decoder.transformer."),
-    (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
-    (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
-    (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
     (r"^mask_decoder\.(iou_token|mask_tokens)\.", r"mask_decoder.\1."),
-]]
+]] + [
+    (re.compile(rf"^{re.escape(parent)}\.{child}\."), f"{official}.{index}.")
+    for parent, (official, children) in _SEQUENTIALS.items() for child, index in children.items()
+]
 #: transformers ties this copy of the Gaussian PE matrix to `shared_image_embedding.positional_embedding`
 _TIED_PE = "prompt_encoder.shared_embedding.positional_embedding"
 _PE = "shared_image_embedding.positional_embedding"
