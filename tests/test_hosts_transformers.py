@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from strategies import DECOMPS, randomize_
+from strategies import DECOMPS
 from torch import nn
 
 pytest.importorskip("transformers")
 
 import tensoradapt as ta  # noqa: E402
 from tensoradapt.interop import encoder_qkv_targets  # noqa: E402
-from tiny_hosts import HOSTS, build_host, host_inputs, masks  # noqa: E402
+from tiny_hosts import HOSTS, build_host, host_inputs, masks, randomize_deltas_  # noqa: E402
 
 RANKS = {"cp": 4, "tucker": (2, 4, 4), "tt": (2, 4), "lora": 4, "shared-lora": 4}
 IDS = torch.tensor([2, 0, 1])  # one task per image of the batch of 3
@@ -22,16 +22,6 @@ def encoder_linears(name: str, module: nn.Module) -> bool:
     """Every linear of the image encoder: qkv, the attention output (after Hiera's query pooling), the MLPs and
     Hiera's width-changing block projections, so each shape a host gives its linears is routed."""
     return name.startswith("vision_encoder.") and isinstance(module, nn.Linear)
-
-
-def randomize_deltas_(model: nn.Module) -> nn.Module:
-    """Non-zero deltas that change the outputs by O(10 %)."""
-    for i, (_, delta) in enumerate(ta.task_deltas(model)):
-        randomize_(delta, seed=i)
-        with torch.no_grad():
-            for p in delta.parameters():
-                p.mul_(0.3)
-    return model
 
 
 def adapted(host: str, decomp: str, random_deltas: bool = True) -> nn.Module:

@@ -22,8 +22,8 @@ _PROMPT = dict(hidden_size=32, image_size=IMAGE, patch_size=8, mask_input_channe
 _DECODER = dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32, num_hidden_layers=2)
 # Hiera: 4 stages on a 16 x 16 grid, windows 4, 2, 2, 1 (k = 16, 4, ..), query pooling entering stages 1-3,
 # widths 8 -> 64, one global block.
-_HIERA = dict(model_type="sam2_hiera_det_model", hidden_size=8, image_size=[IMAGE, IMAGE], blocks_per_stage=[1, 1, 2, 1],
-              embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 2, 2],
+_HIERA = dict(model_type="sam2_hiera_det_model", hidden_size=8, image_size=[IMAGE, IMAGE],
+              blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 2, 2],
               window_size_per_stage=[4, 2, 2, 1], global_attention_blocks=[3],
               window_positional_embedding_background_size=[4, 4])
 
@@ -41,6 +41,19 @@ def randomize_host_(model: nn.Module, seed: int = 0) -> nn.Module:
             else:
                 p.copy_(0.1 * noise)
     return model.eval()
+
+
+def randomize_deltas_(model: nn.Module, std: float = 0.3) -> nn.Module:
+    """Give every task delta of `model` random factors ~ std * N(0, 1) (the zero start makes checks trivial)."""
+    from strategies import randomize_
+    from tensoradapt import task_deltas
+
+    for i, (_, delta) in enumerate(task_deltas(model)):
+        randomize_(delta, seed=i)
+        with torch.no_grad():
+            for p in delta.parameters():
+                p.mul_(std)
+    return model
 
 
 def sam_config(**vision):
