@@ -23,7 +23,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..sam.checkpoint import SamCheckpointError
+from ..sam.weights import SamCheckpointError
 from ..sam.config import SAM_CONFIGS, SamConfig
 
 __all__ = [

@@ -137,7 +137,7 @@ def load_msam(
     saved_all = meta["saved"] == "all"
     base = None if saved_all else (config.checkpoint if checkpoint is _USE_SAVED else checkpoint)
     if isinstance(base, (str, Path)):
-        if not Path(base).expanduser().is_file():
+        if not Path(base).expanduser().exists():
             raise FileNotFoundError(
                 f"the base SAM checkpoint {base} of {directory} does not exist: pass load_msam(..., checkpoint=PATH)"
             )

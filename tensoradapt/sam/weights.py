@@ -59,14 +59,20 @@ def _listing(items: list[str]) -> str:
 def read_sam_checkpoint(source: SamWeightsSource) -> tuple[dict[str, Tensor], str]:
     """Load a SAM state dict on the CPU; return it with a name for error messages.
 
-    `source` is a path to a `torch.save`d state dict (read with `weights_only=True`) or an in-memory
-    mapping. A `{"model": state_dict}` / `{"state_dict": state_dict}` wrapper is unwrapped.
+    `source` is a path to a `torch.save`d state dict (read with `weights_only=True`), a transformers-format
+    folder (`config.json` + `model.safetensors`, as `SamModel.save_pretrained` writes and the Hub serves; its
+    keys are mapped onto the official layout by `tensoradapt.interop.read_hub_sam`) or an in-memory mapping.
+    A `{"model": state_dict}` / `{"state_dict": state_dict}` wrapper is unwrapped.
     """
     if isinstance(source, Mapping):
         state, name = dict(source), "<in-memory state dict>"
     else:
         path = Path(source)
         name = str(path)
+        if path.is_dir():
+            from ..interop.hub_sam import read_hub_sam
+
+            return read_hub_sam(path)[0], name
         if not path.is_file():
             raise FileNotFoundError(f"SAM checkpoint {path} does not exist (checkpoint={str(source)!r})")
         try:
