@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     import sys, torch
     from tensoradapt import adapt, mark_trainable
     from tensoradapt.train import TrainConfig, Trainer, init_distributed, cleanup_distributed
-    from tensoradapt.train.toy import ToyDataset, ToyMultiTaskNet, toy_tasks
+    from toy import ToyDataset, ToyMultiTaskNet, toy_tasks
 
     out, batch, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     info = init_distributed("cpu")
@@ -53,7 +53,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def run(args: list[str], tmp_path: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])  # tests/toy.py
+    env = {**os.environ, "PYTHONPATH": path,
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
