@@ -57,6 +57,7 @@ def test_bench_msam_runs(tmp_path):
     assert saved["bf16"] != saved["none"]
 
 
+@pytest.mark.slow
 def test_bench_compile_runs_without_graph_breaks_and_matches_eager(tmp_path):
     """The whole mSAM (task routing included) traces into one graph and the compiled model computes
     what the eager one does. aot_eager traces forward and backward like inductor, without a C++ build."""

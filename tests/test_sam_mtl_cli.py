@@ -234,6 +234,7 @@ def test_resume_with_other_settings_is_refused(capsys, mini, tmp_path):
     assert "ranks 2 -> 3" in line
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(mini, tmp_path):
     """`torchrun --nproc_per_node 2 sam_mtl.py` (gloo DDP) = one process with the combined batch."""
     import torch

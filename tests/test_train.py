@@ -10,8 +10,8 @@ import torch
 
 from tensoradapt import DECOMPS, adapt, mark_trainable
 from tensoradapt.train import (
-    CheckpointError, NonFiniteLossError, TrainConfig, Trainer, load_checkpoint, lr_factor, read_jsonl,
-    save_checkpoint, trainable_state_dict,
+    CheckpointError, NonFiniteLossError, TrainConfig, Trainer, load_checkpoint, load_trainable_state_dict, lr_factor,
+    read_jsonl, save_checkpoint, trainable_state_dict,
 )
 from toy import ToyDataset, ToyMultiTaskNet, ToyRegTask, toy_tasks
 
@@ -237,6 +237,18 @@ def test_resume_guards(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in params(model).items()), "half-loaded"
 
 
+def test_checkpoint_with_the_old_list_fingerprint_is_refused_clearly(tmp_path):
+    """Checkpoints written before the per-tensor fingerprint stored a flat list of sums: a clear error."""
+    c = cfg(epochs=1)
+    Trainer(make_model("cp"), toy_tasks(), ToyDataset(8), config=c, out_dir=tmp_path).fit()
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert isinstance(ckpt["frozen_fingerprint"], dict) and ckpt["frozen_fingerprint"]
+    ckpt["frozen_fingerprint"] = [x for pair in ckpt["frozen_fingerprint"].values() for x in pair]
+    save_checkpoint(tmp_path / "last.pt", ckpt)
+    with pytest.raises(CheckpointError, match=r"last\.pt.*fingerprint in an older format \(list\)"):
+        Trainer(make_model("cp"), toy_tasks(), ToyDataset(8), config=c, out_dir=tmp_path).fit(resume=True)
+
+
 # ----------------------------------------------------------------------------------------- non-finite
 class NaNAt(ToyRegTask):
     """The reg loss turns NaN on its `at`-th call (1-based)."""
@@ -272,6 +284,16 @@ def test_trainable_state_holds_only_trained_params_and_buffers():
     state = trainable_state_dict(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(state) == trainable
+    before = {k: v.clone() for k, v in state.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in state.items())  # a snapshot, not views of the model
+    other = make_model("tucker", seed=3)
+    load_trainable_state_dict(other, state)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_trainable_state_dict(make_model("lora"), state)
 
 
 def test_sample_seeded_augmentation_depends_on_sample_and_epoch_only():
