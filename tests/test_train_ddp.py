@@ -110,8 +110,10 @@ def _msam_ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str, e
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, find_unused_parameters=TrainConfig().find_unused_parameters)
         g = torch.Generator().manual_seed(rank)
-        batch = {"image": torch.rand(1, 3, 24, 32, generator=g), "semantic": torch.randint(0, 13, (1, 24, 32), generator=g),
-                 "depth": torch.rand(1, 1, 24, 32, generator=g) + 0.1, "normal": torch.randn(1, 3, 24, 32, generator=g)}
+        batch = {"image": torch.rand(1, 3, 24, 32, generator=g),
+                 "semantic": torch.randint(0, 13, (1, 24, 32), generator=g),
+                 "depth": torch.rand(1, 1, 24, 32, generator=g) + 0.1,
+                 "normal": torch.randn(1, 3, 24, 32, generator=g)}
         grads = []
         for _ in range(2):  # DDP reports unused parameters of one step at the next one's forward
             ddp.zero_grad(set_to_none=True)

@@ -320,7 +320,8 @@ class Trainer(ResumableTrainerMixin):
             group_n, group_bad = 0, False
             for cb in self.callbacks:
                 cb(self)
-            if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0 and self.batch_in_epoch < self.batches_per_epoch:
+            mid_epoch = self.batch_in_epoch < self.batches_per_epoch
+            if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0 and mid_epoch:
                 self.save()
                 t0 = time.perf_counter()
         bar.close()

@@ -74,16 +74,11 @@ class MSamOptions:
     grad_checkpointing: bool = _MSAM_DEFAULTS["grad_checkpointing"]
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["ranks"] = list(self.ranks) if isinstance(self.ranks, tuple) else self.ranks
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MSamOptions":
-        data = dataclass_kwargs(cls, data)
-        if isinstance(data.get("ranks"), list):
-            data["ranks"] = tuple(data["ranks"])
-        return cls(**data)
+        return cls(**dataclass_kwargs(cls, data))  # a JSON list of ranks becomes a tuple when validated
 
 
 _SECTIONS = ("msam", "train")
@@ -152,7 +147,7 @@ class FinetuneConfig:
             resolved = self.msam_config()
         except (ValueError, TypeError) as e:
             raise _usage(e, tuple(f.name for f in dataclasses.fields(MSamOptions)), "model: ") from None
-        if self.msam.ranks is not None:  # normalised: "4,8,8" -> (4, 8, 8)
+        if self.msam.ranks is not None:  # normalised: "4,8,8" or [4, 8, 8] -> (4, 8, 8)
             self.msam = dataclasses.replace(self.msam, ranks=resolved.ranks)
         try:
             self.train.check_tasks(specs)
