@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/strategies.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/strategies.py, toy.py, scripts.py
 
 # Two CPU cores in CI: keep property tests bounded and deterministic from run to run.
 settings.register_profile(

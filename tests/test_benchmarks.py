@@ -37,6 +37,7 @@ def test_bench_tensorly_runs(tmp_path):
         assert row["err ours"] == pytest.approx(row["err tensorly"], rel=1e-3, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bench_msam_runs(tmp_path):
     """Both precisions run end to end, and `--amp bf16` reaches the model: what autograd saves changes
     (bf16 activations, plus bf16 copies of the weights, which outweigh them at this toy size)."""
@@ -57,6 +58,7 @@ def test_bench_msam_runs(tmp_path):
     assert saved["bf16"] != saved["none"]
 
 
+@pytest.mark.slow
 def test_bench_compile_runs_without_graph_breaks_and_matches_eager(tmp_path):
     """The whole mSAM (task routing included) traces into one graph and the compiled model computes
     what the eager one does. aot_eager traces forward and backward like inductor, without a C++ build."""

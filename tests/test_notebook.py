@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "rank_ablation.ipynb"
 
 
+@pytest.mark.slow
 def test_rank_ablation_notebook_runs_the_quick_grid(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -1,23 +1,23 @@
-"""experiments/rank_ablation.py: the grid, the table with delta-m, the plots, skipping and resuming cells.
+"""The rank sweep (tensoradapt.train.ablation) and its CLI (experiments/rank_ablation.py): the grid, the
+table with delta-m, the plots, skipping and resuming cells.
 
-The cells here train a toy per-pixel model (sam_mtl.build_model is swapped) on a few tiny synthetic scenes,
+The cells here train a toy per-pixel model (the recipe's `model_builder`) on a few tiny synthetic scenes,
 so the sweep machinery is tested in seconds; test_sam_mtl_cli.py and test_notebook.py run the real mSAM.
 """
 from __future__ import annotations
 
 import csv
-import json
+import functools
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tensoradapt.train import ablation as ra
+from tensoradapt.train import finetune
 
-from experiments import rank_ablation as ra  # noqa: E402
-from experiments import sam_mtl  # noqa: E402
+cli = load_script("experiments/rank_ablation.py")
 
 
 @pytest.fixture(scope="module")
@@ -27,26 +27,25 @@ def mini_data(tmp_path_factory) -> Path:
     return generate_synthetic(tmp_path_factory.mktemp("mini"), n_train=8, n_val=4, height=24, width=32, workers=1)
 
 
-def toy_build_model(cfg, tasks, checkpoint):
+def toy_build_model(cfg, checkpoint):
     import torch
+    from toy import ToyMultiTaskNet
 
     from tensoradapt import adapt, mark_trainable
-    from tensoradapt.train.toy import ToyMultiTaskNet
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
+    tasks = cfg.task_specs()
     model = ToyMultiTaskNet({n: s.channels for n, s in tasks.items()})
-    if cfg.decomp in ("full", "frozen"):
-        model.requires_grad_(cfg.decomp == "full")
+    if cfg.msam.decomp in ("full", "frozen"):
+        model.requires_grad_(cfg.msam.decomp == "full")
         model.heads.requires_grad_(True)
     else:
-        adapt(model, ["fc2"], decomp=cfg.decomp, num_tasks=len(tasks), ranks=cfg.parsed_ranks())
+        adapt(model, ["fc2"], decomp=cfg.msam.decomp, num_tasks=len(tasks), ranks=cfg.msam_config().ranks)
         mark_trainable(model, [model.heads, model.norm])
     return model
 
 
-@pytest.fixture
-def toy_sam(monkeypatch):
-    monkeypatch.setattr(sam_mtl, "build_model", toy_build_model)
+toy_cell = functools.partial(finetune.run, model_builder=toy_build_model)
 
 
 def small_grid(data_root: Path, seeds=(0, 1)) -> ra.Grid:
@@ -65,7 +64,8 @@ def test_grids_are_well_formed():
     for grid in (full, quick):
         for cell in grid.cells():  # every cell is a valid sam_mtl config
             cfg = grid.experiment_config(cell, Path("/tmp/x"))
-            assert cfg.decomp == cell.decomp and cfg.seed == cell.seed
+            assert cfg.msam.decomp == cell.decomp and cfg.train.seed == cell.seed
+            assert cfg.out_dir == Path("/tmp/x") / "cells" / cell.name
     assert len(quick.cells()) <= 4
     with pytest.raises(ValueError, match="lora"):
         ra.Grid(decomps=("tucker",))
@@ -73,10 +73,10 @@ def test_grids_are_well_formed():
         ra.Grid(baseline_level=3)
 
 
-def test_sweep_writes_table_and_plots_then_skips_and_resumes(tmp_path, mini_data, toy_sam, monkeypatch):
+def test_sweep_writes_table_and_plots_then_skips_and_resumes(tmp_path, mini_data):
     out = tmp_path / "sweep"
     grid = small_grid(mini_data)
-    rows = ra.run_grid(grid, out, log=lambda *_: None)
+    rows = ra.run_grid(grid, out, log=lambda *_: None, train_cell=toy_cell)
     assert len(rows) == len(grid.cells()) == 8
     for name in (ra.TABLE_CSV, ra.TABLE_JSON, ra.SUMMARY_CSV, ra.DM_PLOT, ra.RANK_PLOT):
         assert (out / name).stat().st_size > 0, name
@@ -98,33 +98,33 @@ def test_sweep_writes_table_and_plots_then_skips_and_resumes(tmp_path, mini_data
 
     # Re-running skips every finished cell ...
     calls = []
-    monkeypatch.setattr(sam_mtl, "run", lambda cfg, resume=False: calls.append((cfg.out, resume)))
-    ra.run_grid(grid, out, log=lambda *_: None)
+    record = lambda cfg, resume=False: calls.append((cfg.out, resume))  # noqa: E731
+    ra.run_grid(grid, out, log=lambda *_: None, train_cell=record)
     assert calls == []
     # ... and resumes an interrupted one from its last.pt.
     cell = out / "cells" / "tucker_r2-2-2_s1"
-    (cell / sam_mtl.RESULTS).unlink()
-    ra.run_grid(grid, out, log=lambda *_: None)
+    (cell / finetune.RESULTS).unlink()
+    ra.run_grid(grid, out, log=lambda *_: None, train_cell=record)
     assert calls == [(str(cell), True)]
 
 
 def test_cli_dry_run_and_errors(tmp_path, capsys):
-    assert ra.main(["--quick", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert cli.main(["--quick", "--dry-run", "--out", str(tmp_path)]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == len(ra.quick_grid().cells()) and all(l.endswith("todo") for l in listed)
-    assert ra.main(["--quick", "--decomps", "tucker,svd", "--out", str(tmp_path)]) == 2
+    assert cli.main(["--quick", "--decomps", "tucker,svd", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "svd" in err
-    assert ra.main(["--quick", "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert cli.main(["--quick", "--epochs", "0", "--out", str(tmp_path)]) == 2
     assert "--epochs" in capsys.readouterr().err
 
 
-def test_per_seed_sweeps_share_one_table_and_stale_cells_are_refused(tmp_path, mini_data, toy_sam):
+def test_per_seed_sweeps_share_one_table_and_stale_cells_are_refused(tmp_path, mini_data):
     out = tmp_path / "sweep"
     for seed in (0, 1):  # e.g. two processes, one seed each
-        ra.run_grid(small_grid(mini_data, seeds=(seed,)), out, log=lambda *_: None)
+        ra.run_grid(small_grid(mini_data, seeds=(seed,)), out, log=lambda *_: None, train_cell=toy_cell)
     assert sorted({r["seed"] for r in ra.load_table(out)}) == [0, 1]
     changed = small_grid(mini_data, seeds=(0,))
     changed.run["epochs"] = 2
-    with pytest.raises(sam_mtl.UsageError, match=r"other settings \(epochs 1 -> 2\)"):
-        ra.run_grid(changed, out, log=lambda *_: None)
+    with pytest.raises(finetune.UsageError, match=r"other settings \(epochs 1 -> 2\)"):
+        ra.run_grid(changed, out, log=lambda *_: None, train_cell=toy_cell)

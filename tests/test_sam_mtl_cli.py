@@ -1,4 +1,5 @@
-"""experiments/sam_mtl.py: bad arguments fail fast with one line; every --decomp trains; outputs are written."""
+"""experiments/sam_mtl.py and the fine-tuning recipe behind it (tensoradapt.train.finetune): bad arguments
+fail fast with one line; every --decomp trains; outputs are written; resume; DDP."""
 from __future__ import annotations
 
 import json
@@ -9,11 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from scripts import ROOT, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tensoradapt import DECOMPS as DELTA_DECOMPS
+from tensoradapt.sam import DECOMPS
+from tensoradapt.train import finetune
+from tensoradapt.train.finetune import FinetuneConfig
 
-from experiments import sam_mtl  # noqa: E402
+sam_mtl = load_script("experiments/sam_mtl.py")
 
 
 def fail_line(capsys, argv: list[str]) -> str:
@@ -31,12 +35,12 @@ def fail_line(capsys, argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--decomp", "svd"], "--decomp must be one of cp, tucker, tt, lora, shared-lora, full, frozen"),
+    (["--decomp", "svd"], "--decomp must be one of ['cp', 'tucker', 'tt', 'lora', 'shared-lora', 'full', 'frozen'"),
     (["--decomp", "tucker", "--ranks", "4,32"], "ranks for tucker must be 3 value(s)"),
     (["--decomp", "cp", "--ranks", "4,4"], "ranks for cp must be 1 value(s)"),
     (["--decomp", "tt", "--ranks", "a,b"], "--ranks"),
     (["--decomp", "lora", "--ranks", "0"], "positive"),
-    (["--decomp", "frozen", "--ranks", "4"], "--ranks does not apply to --decomp frozen"),
+    (["--decomp", "frozen", "--ranks", "4"], "--ranks does not apply to decomp='frozen'"),
     (["--model", "vit_xl"], "--model must be one of"),
     (["--data", "kitti"], "--data must be one of"),
     (["--data", "nyuv2"], "--data nyuv2 needs --data-root"),
@@ -77,13 +81,47 @@ def test_subprocess_exit_status_and_single_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_config_round_trips_and_fills_default_ranks():
-    cfg = sam_mtl.ExperimentConfig(decomp="tt", image_size=(48, 64), task_weights={"depth": 2})
-    assert cfg.ranks == "4,8" and cfg.parsed_ranks() == (4, 8)  # build_msam's default for tiny
-    assert sam_mtl.ExperimentConfig(decomp="tucker", model="vit_b").ranks == "4,32,32"  # the paper's
-    again = sam_mtl.ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert again == cfg
-    assert sam_mtl.ExperimentConfig(decomp="full").ranks is None
+def test_config_round_trips_and_resolves_default_ranks():
+    cfg = FinetuneConfig(image_size=(48, 64)).updated(decomp="tt", task_weights={"depth": 2})
+    assert cfg.msam.ranks is None and cfg.msam_config().ranks == (4, 8)  # build_msam's default for tiny
+    assert cfg.updated(model="vit_b", decomp="tucker").msam_config().ranks == (4, 32, 32)  # the paper's
+    assert cfg.updated(ranks="2,3").msam.ranks == (2, 3)  # CLI text, normalised
+    again = FinetuneConfig.from_dict(json.loads(json.dumps(cfg.updated(ranks="2,3").to_dict())))
+    assert again == cfg.updated(ranks="2,3")
+    assert cfg.updated(decomp="full").msam_config().ranks is None
+
+
+def test_config_composes_the_train_config_and_the_model_options():
+    """No field is declared twice: the run's, the model's and the training's names are disjoint, every
+    option is reachable through `updated`, and each is validated where it is defined."""
+    import dataclasses
+
+    from tensoradapt.train import TrainConfig
+    from tensoradapt.train.finetune import MSamOptions
+
+    own = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"msam", "train"}
+    model = {f.name for f in dataclasses.fields(MSamOptions)}
+    train = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert not (own & model) and not (own & train) and not (model & train)
+    cfg = FinetuneConfig().updated(epochs=2, dropout=0.0, val_size=3, find_unused_parameters=True)
+    assert (cfg.train.epochs, cfg.msam.dropout, cfg.val_size) == (2, 0.0, 3)
+    assert cfg.train.find_unused_parameters and not FinetuneConfig().train.find_unused_parameters
+    assert FinetuneConfig().train.epochs == 5 and TrainConfig().epochs == 10  # the recipe's own defaults
+    with pytest.raises(TypeError, match="unknown fine-tuning option 'epoch'"):
+        FinetuneConfig().updated(epoch=2)
+    with pytest.raises(finetune.UsageError, match="--dropout must be in"):
+        FinetuneConfig(msam=MSamOptions(dropout=1.5))
+
+
+def test_resume_differences_ignore_tolerant_fields_only():
+    cfg = FinetuneConfig().updated(decomp="cp", ranks=2)
+    stored = json.loads(json.dumps(cfg.to_dict()))
+    later = cfg.updated(out="elsewhere", num_figures=0, threads=2, progress=False, num_workers=2,
+                        ckpt_every_steps=3, device="cpu")
+    assert later.resume_differences(stored) == {}
+    changed = cfg.updated(ranks=3, lr=0.5, image_size=(48, 64))
+    assert changed.resume_differences(stored) == {
+        "ranks": (2, 3), "lr": (1e-3, 0.5), "image_size": (None, [48, 64])}
 
 
 # ---------------------------------------------------------------------------- runs with the real tiny mSAM
@@ -101,7 +139,7 @@ def base_args(mini: Path, out: Path, *extra: str) -> list[str]:
             "--no-progress", "--out", str(out), *extra]
 
 
-@pytest.mark.parametrize("decomp", sam_mtl.DECOMPS)
+@pytest.mark.parametrize("decomp", DECOMPS)
 def test_every_decomp_trains_two_steps(decomp, mini, tmp_path):
     import torch
 
@@ -111,15 +149,14 @@ def test_every_decomp_trains_two_steps(decomp, mini, tmp_path):
     assert sam_mtl.main(base_args(mini, out, "--decomp", decomp, "--orth-weight", "0.01")) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["steps"] == 2 and res["skipped_steps"] == 0
-    assert res["config"]["decomp"] == decomp
+    assert res["config"]["msam"]["decomp"] == decomp == res["msam_config"]["decomp"]
     assert set(res["metrics"]) == {"semantic", "depth", "normal"}
     assert all(math.isfinite(v) for m in res["metrics"].values() for v in m.values())
-    assert (res["params"]["delta"] > 0) == (decomp not in sam_mtl.NO_DELTA)
+    assert (res["params"]["delta"] > 0) == (decomp in DELTA_DECOMPS)
+    assert not res["config"]["train"]["find_unused_parameters"]
     # the trained state moved away from the freshly built model's
-    cfg = sam_mtl.ExperimentConfig.from_dict(res["config"])
-    from tensoradapt.mtl import get_tasks
-
-    fresh = sam_mtl.build_model(cfg, get_tasks(cfg.tasks), None).state_dict()
+    cfg = FinetuneConfig.from_dict(res["config"])
+    fresh = finetune.build_model(cfg, None).state_dict()
     trained = load_checkpoint(out / "last.pt")["model"]
     assert any(not torch.equal(v, fresh[k]) for k, v in trained.items())
     assert (out / "loss_curves.png").exists()
@@ -139,7 +176,7 @@ def test_results_figures_and_delta_m(mini, tmp_path):
     assert res["params"]["trainable"] < res["params"]["total"]
     for fig in ("loss_curves.png", "predictions.png"):
         assert (run / fig).read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((run / "run_config.json").read_text())["ranks"] == "2,4,4"
+    assert json.loads((run / "run_config.json").read_text())["msam"]["ranks"] == [2, 4, 4]
 
 
 def test_checkpoint_of_another_size_fails_before_training(capsys, mini, tmp_path):
@@ -161,29 +198,22 @@ class _Kill(Exception):
     pass
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(mini, tmp_path, monkeypatch):
+def test_resume_after_a_kill_matches_an_uninterrupted_run(mini, tmp_path):
     import torch
 
-    import tensoradapt.train as train
     from tensoradapt.train import load_checkpoint
 
     args = ["--epochs", "2", "--ckpt-every", "1", "--dropout", "0.1"]  # augmentation + dropout draw RNG
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert sam_mtl.main(base_args(mini, ref, *args)) == 0
 
-    real = train.Trainer
+    def kill(trainer):
+        if trainer.step == 3:
+            raise _Kill
 
-    class KilledAtStep3(real):
-        def __init__(self, *a, **kw):
-            def kill(t):
-                if t.step == 3:
-                    raise _Kill
-            super().__init__(*a, callbacks=[kill], **kw)
-
-    monkeypatch.setattr(train, "Trainer", KilledAtStep3)
+    cfg = sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(base_args(mini, run, *args)))
     with pytest.raises(_Kill):
-        sam_mtl.main(base_args(mini, run, *args))
-    monkeypatch.setattr(train, "Trainer", real)
+        finetune.run(cfg, callbacks=[kill])
     assert load_checkpoint(run / "last.pt")["step"] == 2
     assert sam_mtl.main(base_args(mini, run, *args)) == 2  # no silent overwrite without --resume
     assert sam_mtl.main(base_args(mini, run, *args, "--resume")) == 0
@@ -201,9 +231,10 @@ def test_resume_with_other_settings_is_refused(capsys, mini, tmp_path):
     assert sam_mtl.main(base_args(mini, out, "--decomp", "cp", "--ranks", "2")) == 0
     capsys.readouterr()
     line = fail_line(capsys, base_args(mini, out, "--decomp", "cp", "--ranks", "3", "--resume"))
-    assert "ranks '2' -> '3'" in line
+    assert "ranks 2 -> 3" in line
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(mini, tmp_path):
     """`torchrun --nproc_per_node 2 sam_mtl.py` (gloo DDP) = one process with the combined batch."""
     import torch

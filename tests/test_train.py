@@ -10,10 +10,10 @@ import torch
 
 from tensoradapt import DECOMPS, adapt, mark_trainable
 from tensoradapt.train import (
-    CheckpointError, NonFiniteLossError, TrainConfig, Trainer, load_checkpoint, lr_factor, read_jsonl,
-    save_checkpoint, trainable_state_dict,
+    CheckpointError, NonFiniteLossError, TrainConfig, Trainer, load_checkpoint, load_trainable_state_dict, lr_factor,
+    read_jsonl, save_checkpoint, trainable_state_dict,
 )
-from tensoradapt.train.toy import ToyDataset, ToyMultiTaskNet, ToyRegTask, toy_tasks
+from toy import ToyDataset, ToyMultiTaskNet, ToyRegTask, toy_tasks
 
 TASKS = {"seg": 3, "reg": 1}
 RANKS = {"cp": 3, "tucker": (2, 3, 3), "tt": (2, 3), "lora": 2, "shared-lora": 2}
@@ -144,7 +144,7 @@ def test_task_weights_change_the_update():
     Trainer(m2, toy_tasks(), data, config=cfg(epochs=1, task_weights={"reg": 0.0})).fit()
     assert not torch.equal(m1.heads["reg"].weight, m2.heads["reg"].weight)
     assert torch.equal(m2.heads["reg"].weight, make_model("cp").heads["reg"].weight)  # weight 0: no grad
-    with pytest.raises(ValueError, match="unknown tasks"):
+    with pytest.raises(ValueError, match=r"task_weights names unknown task\(s\) \['depth'\]"):
         Trainer(make_model("cp"), toy_tasks(), data, config=cfg(task_weights={"depth": 1.0}))
 
 
@@ -224,7 +224,7 @@ def test_resume_guards(tmp_path):
     with pytest.raises(ValueError, match=r"config changed \(lr"):
         Trainer(make_model("cp"), toy_tasks(), ToyDataset(8), config=c.replace(lr=1.0),
                 out_dir=tmp_path).fit(resume=True)
-    with pytest.raises(CheckpointError, match="trainable state"):
+    with pytest.raises(CheckpointError, match="does not match the model.*another decomposition"):
         Trainer(make_model("lora"), toy_tasks(), ToyDataset(8), config=c, out_dir=tmp_path).fit(resume=True)
     with pytest.raises(CheckpointError, match="frozen"):
         Trainer(make_model("cp", seed=5), toy_tasks(), ToyDataset(8), config=c, out_dir=tmp_path).fit(resume=True)
@@ -235,6 +235,18 @@ def test_resume_guards(tmp_path):
     with pytest.raises(CheckpointError, match="last.pt"):
         Trainer(model, toy_tasks(), ToyDataset(8), config=c, out_dir=tmp_path).fit(resume=True)
     assert all(torch.equal(before[k], v) for k, v in params(model).items()), "half-loaded"
+
+
+def test_checkpoint_with_the_old_list_fingerprint_is_refused_clearly(tmp_path):
+    """Checkpoints written before the per-tensor fingerprint stored a flat list of sums: a clear error."""
+    c = cfg(epochs=1)
+    Trainer(make_model("cp"), toy_tasks(), ToyDataset(8), config=c, out_dir=tmp_path).fit()
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert isinstance(ckpt["frozen_fingerprint"], dict) and ckpt["frozen_fingerprint"]
+    ckpt["frozen_fingerprint"] = [x for pair in ckpt["frozen_fingerprint"].values() for x in pair]
+    save_checkpoint(tmp_path / "last.pt", ckpt)
+    with pytest.raises(CheckpointError, match=r"last\.pt.*fingerprint in an older format \(list\)"):
+        Trainer(make_model("cp"), toy_tasks(), ToyDataset(8), config=c, out_dir=tmp_path).fit(resume=True)
 
 
 # ----------------------------------------------------------------------------------------- non-finite
@@ -272,10 +284,20 @@ def test_trainable_state_holds_only_trained_params_and_buffers():
     state = trainable_state_dict(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(state) == trainable
+    before = {k: v.clone() for k, v in state.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in state.items())  # a snapshot, not views of the model
+    other = make_model("tucker", seed=3)
+    load_trainable_state_dict(other, state)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_trainable_state_dict(make_model("lora"), state)
 
 
 def test_sample_seeded_augmentation_depends_on_sample_and_epoch_only():
-    from tensoradapt.train.engine import SampleSeededDataset
+    from tensoradapt.train import SampleSeededDataset
 
     ds = SampleSeededDataset(ToyDataset(16, augment=True), seed=3)
     torch.manual_seed(0)

@@ -25,12 +25,14 @@ from experiments.benchmarks.bench_msam import TASKS, build, no_grad, train_step 
 from experiments.benchmarks.common import (  # noqa: E402
     add_malloc_arg, interleaved_medians, machine_info, print_table, steady_allocator, write_json,
 )
+from tensoradapt import DECOMPS  # noqa: E402
+from tensoradapt.sam import SAM_CONFIGS  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
-    p.add_argument("--decomp", default="tucker", choices=["tucker", "cp", "tt", "lora", "shared-lora"])
+    p.add_argument("--model", default="tiny", choices=list(SAM_CONFIGS))
+    p.add_argument("--decomp", default="tucker", choices=list(DECOMPS))
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=7)

@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from experiments.benchmarks.common import (  # noqa: E402
     add_malloc_arg, interleaved_medians, machine_info, peak_tensor_bytes, print_table, steady_allocator, write_json,
 )
-from tensoradapt import merge_adapters, set_merged_inference, task_linears, task_scope, unmerge_adapters  # noqa: E402
-from tensoradapt.sam import build_msam  # noqa: E402
-from tensoradapt.sam import PAPER_RANKS  # noqa: E402
+from tensoradapt import (  # noqa: E402
+    DECOMPS, merge_adapters, set_merged_inference, task_linears, task_scope, unmerge_adapters,
+)
+from tensoradapt.sam import PAPER_RANKS, SAM_CONFIGS, build_msam  # noqa: E402
 
 TASKS = {"semantic": 13, "depth": 1, "normal": 3}
-DECOMPS = ("tucker", "cp", "tt", "lora", "shared-lora")
 
 
 def build(args, decomp, seed=0, grad_checkpointing=False):
@@ -294,7 +294,7 @@ def bench_memory(args, argv) -> list[dict]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
+    p.add_argument("--model", default="tiny", choices=list(SAM_CONFIGS))
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=7)

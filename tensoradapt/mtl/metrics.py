@@ -104,10 +104,15 @@ class MultiTaskMeter:
 
 def task_losses(outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor],
                 tasks: Mapping[str, TaskSpec] = NYUV2_TASKS) -> dict[str, Tensor]:
-    """{task: scalar loss} for every task in `tasks` (sum them, or weight them, to train)."""
+    """{task: scalar loss} for every task in `tasks` (sum them, or weight them, to train).
+
+    The logits are cast to float32 first (under bf16 autocast the losses are still computed in float32).
+    """
     out = {}
     for t, spec in tasks.items():
-        if t not in outputs or t not in batch:
-            raise KeyError(f"task {t!r} needs outputs[{t!r}] and batch[{t!r}]")
-        out[t] = spec.loss(outputs[t], batch[t])
+        if t not in outputs:
+            raise KeyError(f"the model returned no output for task {t!r} (got {sorted(outputs)})")
+        if t not in batch:
+            raise KeyError(f"the batch has no target for task {t!r} (keys {sorted(batch)})")
+        out[t] = spec.loss(outputs[t].float(), batch[t])
     return out

@@ -10,6 +10,11 @@ File format (one file, so a rename makes it appear atomically)::
 `save_checkpoint` writes to a temporary file in the same directory, fsyncs it and `os.replace`s it
 onto the target. `load_checkpoint` checks magic, length and hash before unpickling anything and raises
 `CheckpointError` naming the file otherwise; the payload is read with `weights_only=True`.
+
+The model part of a checkpoint is `tensoradapt._utils`' trainable state (parameters with `requires_grad`
+and persistent buffers); `trainable_state_dict` / `load_trainable_state_dict` below are that definition
+with a checkpoint's conventions (a CPU snapshot; mismatches raise `CheckpointError`). The RNG helpers
+capture and restore every generator a resumed run must continue.
 """
 from __future__ import annotations
 
@@ -17,16 +22,18 @@ import hashlib
 import io
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-from .._utils import atomic_write_bytes
+from .._utils import atomic_write_bytes, load_state_subset
+from .._utils import trainable_state_dict as _trainable_state
 
 __all__ = [
-    "CheckpointError", "save_checkpoint", "load_checkpoint",
-    "capture_rng_state", "restore_rng_state",
+    "CheckpointError", "save_checkpoint", "load_checkpoint", "trainable_state_dict", "load_trainable_state_dict",
+    "seed_everything", "capture_rng_state", "restore_rng_state",
 ]
 
 MAGIC = b"TADAPT-CKPT\n"
@@ -75,7 +82,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} could not be unpickled: {e}") from e
 
 
+# ---- model state -------------------------------------------------------------------------------------
+def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """A CPU snapshot (copies) of the model's trainable state, keyed as in `state_dict()`."""
+    return {k: v.cpu().clone() for k, v in _trainable_state(model).items()}
+
+
+def load_trainable_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint") -> None:
+    """Load a trainable state back; keys and shapes must match the model's exactly (else `CheckpointError`,
+    raised before anything is copied)."""
+    load_state_subset(model, state, source=source,
+                      error=lambda msg: CheckpointError(f"{msg} (another decomposition, ranks or model?)"))
+
+
 # ---- RNG state --------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy and torch (CPU + every CUDA device) RNG states as weights_only-loadable data."""
     py_version, py_state, py_gauss = random.getstate()

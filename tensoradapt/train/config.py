@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .._utils import dataclass_kwargs
+from .._utils import atomic_write_text, dataclass_kwargs
 
 __all__ = ["TrainConfig", "RESUME_TOLERANT_FIELDS"]
 
@@ -66,7 +66,7 @@ class TrainConfig:
     progress: bool = True
     device: str = "auto"
     input_key: str = "image"
-    find_unused_parameters: bool = True     # DDP: some trainable heads may get no gradient
+    find_unused_parameters: bool = False    # DDP: True only for a model whose trainable set can miss a gradient
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # JSON round trips give lists
@@ -124,7 +124,7 @@ class TrainConfig:
         return cls(**dataclass_kwargs(cls, d))
 
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load_json(cls, path: str | Path) -> "TrainConfig":
@@ -143,6 +143,18 @@ class TrainConfig:
             if k in other and other[k] != v:
                 diffs[k] = (other[k], v)
         return diffs
+
+    def check_tasks(self, tasks: Mapping[str, Any]) -> None:
+        """`task_weights` and `best_metric` must name tasks (and a metric) of `tasks` {name: spec}."""
+        if not tasks:
+            raise ValueError("tasks is empty")
+        unknown = sorted(set(self.task_weights) - set(tasks))
+        if unknown:
+            raise ValueError(f"task_weights names unknown task(s) {unknown}; the tasks are {list(tasks)}")
+        if self.best_metric != "loss":
+            t, m = self.best_metric.split("/")
+            if t not in tasks or m not in getattr(tasks[t], "metrics", {}):
+                raise ValueError(f"best_metric {self.best_metric!r} is not a '<task>/<metric>' of these tasks")
 
     def task_weight(self, task: str) -> float:
         return self.task_weights.get(task, 1.0)

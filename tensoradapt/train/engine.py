@@ -11,193 +11,45 @@ The engine only assumes:
 Distributed runs (`torchrun`) wrap the model in DDP and shard the data with a `DistributedSampler`;
 evaluation is sharded too when the meters expose a sum-reducible `state_dict()` (or `all_reduce()` /
 `merge()`), else rank 0 evaluates the whole split.
+
+Pieces: sampling.py (which samples each rank sees), evaluation.py (sharded evaluation), checkpoint.py
+(files, trainable state, RNG), optim.py / schedule.py, jsonl.py (the log), distributed.py.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-import random
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # not tqdm.auto: in notebooks that wants ipywidgets (and warns without them)
 
-from .checkpoint import (
-    CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint,
-)
+from ..mtl.metrics import task_losses
+from .._utils import frozen_fingerprint
 from .config import TrainConfig
-from .distributed import (
-    DistInfo, all_gather_object, all_reduce_sum, barrier, broadcast_object, init_distributed,
-)
+from .distributed import DistInfo, all_reduce_sum, init_distributed
+from .evaluation import evaluate_tasks, move_to
 from .jsonl import JsonlLogger
 from .optim import build_optimizer, param_groups
+from .resume import BEST, CONFIG, LAST, LOG, ResumableTrainerMixin
+from .sampling import ResumableDistributedSampler, SampleSeededDataset
 from .schedule import build_scheduler
 
-__all__ = [
-    "Trainer", "NonFiniteLossError", "ResumableDistributedSampler", "SampleSeededDataset",
-    "trainable_state_dict",
-    "load_trainable_state_dict", "seed_everything", "LAST", "BEST", "LOG", "CONFIG",
-]
-
-LAST, BEST, LOG, CONFIG = "last.pt", "best.pt", "log.jsonl", "train_config.json"
-CHECKPOINT_FORMAT = 1
+__all__ = ["Trainer", "NonFiniteLossError", "LAST", "BEST", "LOG", "CONFIG"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss (or the gradient norm) became NaN/inf; the message names the step and the task."""
 
 
-# ---------------------------------------------------------------------------------------------- utils
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Trainable parameters and all persistent buffers (detached, on CPU), keyed as in `state_dict()`."""
-    out = {}
-    for k, v in model.state_dict(keep_vars=True).items():
-        if isinstance(v, nn.Parameter) and not v.requires_grad:
-            continue
-        out[k] = v.detach().cpu().clone()
-    return out
-
-
-def frozen_fingerprint(model: nn.Module) -> list[float]:
-    """(sum, sum of squares) in float64 of every frozen parameter: the base weights a checkpoint assumes."""
-    out = []
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if not p.requires_grad:
-                d = p.detach().double()
-                out += [float(d.sum()), float((d * d).sum())]
-    return out
-
-
-def _same_fingerprint(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-6) for x, y in zip(a, b))
-
-
-def load_trainable_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint") -> None:
-    """Load `trainable_state_dict` output back; the trainable sets must match exactly."""
-    current = model.state_dict(keep_vars=True)
-    expected = {k for k, v in current.items() if not (isinstance(v, nn.Parameter) and not v.requires_grad)}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - set(current))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source} does not match the model's trainable state: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)}) "
-            "(another --decomp, --ranks or --model?)"
-        )
-    bad = [(k, tuple(state[k].shape), tuple(current[k].shape)) for k in state if state[k].shape != current[k].shape]
-    if bad:
-        raise CheckpointError(f"{source}: shape mismatch for {bad[:3]} (checkpoint, model)")
-    with torch.no_grad():
-        for k, v in state.items():
-            current[k].copy_(v)
-
-
-class ResumableDistributedSampler(DistributedSampler):
-    """A `DistributedSampler` (same shuffling: seed + epoch) that can skip the first `start` samples of
-    this rank's share of the epoch, so a run resumed mid-epoch sees exactly the batches it had left."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
-        self.start = 0
-
-    def set_start(self, start: int) -> None:
-        self.start = int(start)
-
-    def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.start)
-
-
-class SampleSeededDataset(Dataset):
-    """Runs `dataset[i]` under RNG states (torch, NumPy, Python) seeded from (seed, epoch, i), restoring the
-    caller's states afterwards.
-
-    Random augmentation then depends on the sample and the epoch only: not on the worker that loads it,
-    the number of workers or processes, nor on where a resumed run restarts. `epoch` is set by the
-    trainer before each epoch's iterator is created (workers copy it when they start).
-    """
-
-    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
-        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        s = (self.seed * 1_000_003 + self.epoch * 10_007 + int(i) * 7_919 + 12_345) % (2**63 - 1)
-        py, nps = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
-            random.seed(s)
-            np.random.seed(s % 2**32)
-            try:
-                return self.dataset[i]
-            finally:
-                random.setstate(py)
-                np.random.set_state(nps)
-
-
-class _ShardSampler(Sampler[int]):
-    """rank::world_size of range(n), no padding (evaluation must see every sample exactly once)."""
-
-    def __init__(self, n: int, rank: int, world_size: int) -> None:
-        self.indices = list(range(rank, n, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _meter_reduction(meter: Any) -> str | None:
-    """How a meter's statistics are summed across ranks:
-    `all_reduce()` (the meter does it), `state()` -> tensor / `load_state(tensor)` (tensoradapt.mtl),
-    `state_dict()` -> {name: tensor} / `load_state_dict(...)`; None: not reducible."""
-    if hasattr(meter, "all_reduce"):
-        return "all_reduce"
-    if callable(getattr(meter, "state", None)) and hasattr(meter, "load_state"):
-        return "tensor"
-    if hasattr(meter, "state_dict") and hasattr(meter, "load_state_dict"):
-        return "state_dict"
-    return None
-
-
-def _move(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: _move(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_move(v, device) for v in batch)
-    return batch
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
 # --------------------------------------------------------------------------------------------- Trainer
-class Trainer:
+class Trainer(ResumableTrainerMixin):
     """Train `model` on `tasks` with `config`; checkpoints, logs and the config go to `out_dir`.
 
     Args:
@@ -228,15 +80,7 @@ class Trainer:
     ) -> None:
         self.config = cfg = config if config is not None else TrainConfig()
         self.tasks = dict(tasks)
-        if not self.tasks:
-            raise ValueError("tasks is empty")
-        unknown = sorted(set(cfg.task_weights) - set(self.tasks))
-        if unknown:
-            raise ValueError(f"task_weights name unknown tasks {unknown}; tasks are {sorted(self.tasks)}")
-        if cfg.best_metric != "loss":
-            t, m = cfg.best_metric.split("/")
-            if t not in self.tasks or m not in getattr(self.tasks[t], "metrics", {}):
-                raise ValueError(f"best_metric {cfg.best_metric!r} is not a '<task>/<metric>' of these tasks")
+        cfg.check_tasks(self.tasks)
         self.dist = dist_info if dist_info is not None else init_distributed(cfg.device)
         self.device = self.dist.device
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -319,92 +163,14 @@ class Trainer:
     def is_main(self) -> bool:
         return self.dist.is_main
 
-    @property
-    def last_path(self) -> Path | None:
-        return self.out_dir / LAST if self.out_dir else None
-
-    @property
-    def best_path(self) -> Path | None:
-        return self.out_dir / BEST if self.out_dir else None
-
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    # ---------------------------------------------------------------------------------- checkpoints
-    def state(self) -> dict[str, Any]:
-        rng = all_gather_object(capture_rng_state())  # collective: every rank calls state()
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": trainable_state_dict(self.model),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "step": self.step,
-            "skipped_steps": self.skipped_steps,
-            "train_time": self.train_time,
-            "best": self.best,
-            "last_metrics": self.last_metrics,
-            "world_size": self.dist.world_size,
-            "frozen_fingerprint": self.fingerprint,
-            "config": self.config.to_dict(),
-            "extra": self.extra_state,
-        }
-
-    def save(self, path: Path | None = None) -> None:
-        """Write last.pt atomically (rank 0); every rank must call it (RNG states are gathered)."""
-        state = self.state()
-        path = path or self.last_path
-        if self.is_main and path is not None:
-            save_checkpoint(path, state)
-        barrier()
-
-    def _save_best(self, metrics: dict[str, float]) -> None:
-        if self.is_main and self.best_path is not None:
-            save_checkpoint(self.best_path, {
-                "format": CHECKPOINT_FORMAT, "model": trainable_state_dict(self.model), "metrics": metrics,
-                "epoch": self.epoch, "step": self.step, "config": self.config.to_dict(), "extra": self.extra_state,
-            })
-
-    def load_state(self, ckpt: Mapping[str, Any], source: str = "checkpoint") -> None:
-        if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
-            raise CheckpointError(f"{source} is not a resumable training checkpoint (format {ckpt.get('format')!r})")
-        diffs = self.config.resume_differences(ckpt.get("config", {}))
-        if diffs:
-            lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diffs.items()))
-            raise ValueError(f"cannot resume from {source}: the training config changed ({lines})")
-        if "frozen_fingerprint" in ckpt and not _same_fingerprint(ckpt["frozen_fingerprint"], self.fingerprint):
-            raise CheckpointError(
-                f"cannot resume from {source}: the model's frozen weights differ from those it was trained "
-                "on (another pretrained --checkpoint or seed?)")
-        load_trainable_state_dict(self.model, ckpt["model"], source)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
-        self.skipped_steps = ckpt.get("skipped_steps", 0)
-        self.train_time = ckpt.get("train_time", 0.0)
-        self.best, self.last_metrics = ckpt.get("best"), ckpt.get("last_metrics")
-        rng = ckpt.get("rng") or []
-        if len(rng) == self.dist.world_size:
-            restore_rng_state(rng[self.dist.rank])
-        else:
-            warnings.warn(
-                f"{source} was written by {len(rng)} process(es), this run has {self.dist.world_size}: "
-                "RNG states are re-seeded, so the continuation is not bit-identical", stacklevel=2)
-            seed_everything(self.config.seed + 7919 * self.step + self.dist.rank)
-
     # ------------------------------------------------------------------------------------- training
     def _losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        losses = {}
-        for name, spec in self.tasks.items():
-            if name not in outputs:
-                raise KeyError(f"the model returned no output for task {name!r} (got {sorted(outputs)})")
-            if name not in batch:
-                raise KeyError(f"the batch has no target for task {name!r} (keys {sorted(batch)})")
-            losses[name] = spec.loss(outputs[name].float(), batch[name])
+        losses = task_losses(outputs, batch, self.tasks)
         if self.penalty_fn is not None and self.config.orth_weight > 0:
             losses["orthogonality"] = self.penalty_fn(self.model).float()
         return losses
@@ -420,37 +186,6 @@ class Trainer:
         bad = [f"{n} = {v:g}" for n, v in zip(names, values.tolist()) if not math.isfinite(v)]
         return (f"non-finite {what} at step {self.step + 1} (epoch {epoch + 1}, batch {batch + 1}): "
                 f"{', '.join(bad)}")
-
-    def _start(self, resume: bool | str | Path) -> None:
-        """Fresh start or resume, the same on every rank."""
-        cfg = self.config
-        ckpt_path = None
-        if resume:
-            ckpt_path = Path(resume) if isinstance(resume, (str, Path)) else self.last_path
-            if ckpt_path is None:
-                raise ValueError("resume=True needs an out_dir (or pass the checkpoint path)")
-            if not ckpt_path.exists():
-                if self.is_main:
-                    print(f"[tensoradapt] no checkpoint at {ckpt_path}: starting from scratch", flush=True)
-                ckpt_path = None
-        elif self.last_path is not None and self.last_path.exists():
-            raise FileExistsError(
-                f"{self.last_path} exists: resume it (--resume) or choose another output directory")
-        if ckpt_path is not None:
-            self.load_state(load_checkpoint(ckpt_path), source=str(ckpt_path))
-            self.logger.rewind(self.step)
-            self.logger.log("resume", step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-                            checkpoint=str(ckpt_path))
-        else:
-            seed_everything(cfg.seed + self.dist.rank)
-            self.logger.reset()
-            self.logger.log("start", step=0, world_size=self.dist.world_size, device=str(self.device),
-                            trainable_params=self.num_trainable, total_steps=self.total_steps,
-                            config=cfg.to_dict(), extra=self.extra_state)
-        if self.out_dir is not None and self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save_json(self.out_dir / CONFIG)
-        barrier()
 
     @contextlib.contextmanager
     def _determinism(self):
@@ -525,7 +260,7 @@ class Trainer:
             g_start = (b // cfg.grad_accum) * cfg.grad_accum
             g_size = min(cfg.grad_accum, self.batches_per_epoch - g_start)
             last_in_group = b == g_start + g_size - 1
-            batch = _move(batch, self.device)
+            batch = move_to(batch, self.device)
             sync = contextlib.nullcontext() if (self.ddp is None or last_in_group) else self.ddp.no_sync()
             with sync:
                 with self._autocast():
@@ -580,12 +315,13 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.batch_in_epoch == self.batches_per_epoch:
                     self.logger.log("train", step=self.step, epoch=epoch + 1, lr=lr, grad_norm=grad_norm,
                                     step_time=step_time, **rec)
-                bar.set_postfix(loss=_fmt(rec["loss"]), lr=f"{lr:.2e}", refresh=False)
+                bar.set_postfix(loss=f"{rec['loss']:.4g}", lr=f"{lr:.2e}", refresh=False)
             group_sum.zero_()
             group_n, group_bad = 0, False
             for cb in self.callbacks:
                 cb(self)
-            if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0 and self.batch_in_epoch < self.batches_per_epoch:
+            mid_epoch = self.batch_in_epoch < self.batches_per_epoch
+            if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0 and mid_epoch:
                 self.save()
                 t0 = time.perf_counter()
         bar.close()
@@ -598,71 +334,14 @@ class Trainer:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     # ------------------------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def evaluate(self, data: Dataset | None = None) -> dict[str, float]:
         """Validation loss ('loss', 'loss/<task>') and every task metric ('<task>/<metric>')."""
         data = data if data is not None else self.val_data
         if data is None:
             raise ValueError("no validation data")
         cfg = self.config
-        meters = {name: spec.new_meter() for name, spec in self.tasks.items()}
-        modes = {_meter_reduction(m) for m in meters.values()}
-        shard = self.dist.world_size == 1 or None not in modes
-        run_here = shard or self.is_main
-        names = list(self.tasks)
-        sums = torch.zeros(len(names) + 1, dtype=torch.float64)  # per-task loss * n, then n
-        was_training = self.model.training
-        self.model.eval()
-        if run_here:
-            sampler = _ShardSampler(len(data), self.dist.rank, self.dist.world_size) if shard else None
-            loader = DataLoader(data, batch_size=cfg.eval_batch_size or cfg.batch_size, sampler=sampler,
-                                shuffle=False, num_workers=cfg.num_workers, collate_fn=self.collate_fn)
-            for batch in tqdm(loader, desc="eval", disable=not (self.is_main and cfg.progress),
-                              dynamic_ncols=True, leave=False):
-                batch = _move(batch, self.device)
-                with self._autocast():
-                    outputs = self.model(batch[cfg.input_key])
-                n = batch[cfg.input_key].shape[0]
-                for i, name in enumerate(names):
-                    logits = outputs[name].float()
-                    sums[i] += float(self.tasks[name].loss(logits, batch[name])) * n
-                    meters[name].update(logits, batch[name])
-                sums[-1] += n
-        if self.dist.world_size > 1:
-            if shard:
-                self._reduce_meters(meters)
-                sums = all_reduce_sum(sums.to(self.device) if self.device.type == "cuda" else sums).cpu()
-            else:
-                barrier()
-        self.model.train(was_training)
-        metrics: dict[str, float] = {}
-        if shard or self.is_main:
-            count = max(float(sums[-1]), 1.0)
-            total = 0.0
-            for i, name in enumerate(names):
-                metrics[f"loss/{name}"] = float(sums[i]) / count
-                total += cfg.task_weight(name) * metrics[f"loss/{name}"]
-                for k, v in meters[name].compute().items():
-                    metrics[f"{name}/{k}"] = float(v)
-            metrics = {"loss": total, **metrics}
-        if self.dist.world_size > 1 and not shard:
-            metrics = broadcast_object(metrics)
-        return metrics
-
-    def _sum_across_ranks(self, t: Tensor) -> Tensor:
-        dt = t.dtype
-        buf = t.detach().to(torch.float64 if dt.is_floating_point else torch.int64).clone()
-        buf = buf.to(self.device) if self.device.type == "cuda" else buf
-        dist.all_reduce(buf)
-        return buf.cpu().to(dt)
-
-    def _reduce_meters(self, meters: Mapping[str, Any]) -> None:
-        for meter in meters.values():
-            mode = _meter_reduction(meter)
-            if mode == "all_reduce":
-                meter.all_reduce()
-            elif mode == "tensor":
-                meter.load_state(self._sum_across_ranks(torch.as_tensor(meter.state())))
-            elif mode == "state_dict":
-                meter.load_state_dict({k: self._sum_across_ranks(torch.as_tensor(v))
-                                       for k, v in meter.state_dict().items()})
+        return evaluate_tasks(
+            self.model, self.tasks, data, batch_size=cfg.eval_batch_size or cfg.batch_size, dist_info=self.dist,
+            input_key=cfg.input_key, task_weight=cfg.task_weight, num_workers=cfg.num_workers,
+            collate_fn=self.collate_fn, autocast=self._autocast, progress=cfg.progress,
+        )

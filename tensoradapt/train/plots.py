@@ -1,4 +1,5 @@
-"""Figures of a run: loss curves from the JSONL log and an image / ground truth / prediction grid.
+"""Figures of a run (loss curves from the JSONL log, an image / ground truth / prediction grid) and of a
+rank sweep (delta-m against trainable parameters, each task's main metric against rank).
 
 matplotlib is imported lazily (the `plot` extra) with the non-interactive Agg backend.
 """
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from .jsonl import read_jsonl
 
-__all__ = ["plot_loss_curves", "plot_predictions", "to_display"]
+__all__ = ["plot_loss_curves", "plot_predictions", "to_display", "plot_delta_m_vs_params", "plot_metric_vs_rank"]
 
 
 def _plt():
@@ -125,3 +126,89 @@ def _save(fig, path: str | Path, title: str | None, dpi: int) -> Path:
     fig.savefig(path, dpi=dpi)
     _plt().close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------------------ rank sweep
+_MARKERS = {"tucker": "o", "cp": "s", "tt": "^", "lora": "D", "shared-lora": "v"}
+
+
+def _finish(fig, path: str | Path | None):
+    """Lay out; write and close when `path` is given, else return the open figure (a notebook shows it)."""
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        _plt().close(fig)
+    return fig
+
+
+def plot_delta_m_vs_params(rows: Sequence[Mapping[str, Any]], path: str | Path | None = None):
+    """Delta-m (mean over seeds, error bar = std) against trainable parameters, one line per decomposition;
+    reference cells (frozen / full) are horizontal lines. `rows`: `tensoradapt.train.ablation` table rows."""
+    from matplotlib.ticker import EngFormatter
+
+    from .ablation import summarize
+
+    plt = _plt()
+    summary = summarize(list(rows))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for decomp in dict.fromkeys(r["decomp"] for r in summary if r["ranks"]):
+        pts = sorted((r for r in summary if r["decomp"] == decomp and "delta_m" in r),
+                     key=lambda r: r["trainable_params"])
+        if not pts:
+            continue
+        ax.errorbar([p["trainable_params"] for p in pts], [p["delta_m"] for p in pts],
+                    yerr=[p.get("delta_m_std", 0) for p in pts], marker=_MARKERS.get(decomp, "o"),
+                    capsize=3, label=decomp)
+        for p in pts:
+            ax.annotate(p["ranks"], (p["trainable_params"], p["delta_m"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    for r in summary:
+        if not r["ranks"] and "delta_m" in r:
+            ax.axhline(r["delta_m"], ls="--", lw=1, color="gray")
+            ax.annotate(r["decomp"], (ax.get_xlim()[0], r["delta_m"]), fontsize=7, color="gray",
+                        xytext=(2, 2), textcoords="offset points")
+    ax.axhline(0, lw=0.8, color="black")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.xaxis.set_minor_formatter(EngFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("Δm vs LoRA-STL (%)  ↑ better")
+    ax.set_title("Δm vs trainable parameters")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _finish(fig, path)
+
+
+def plot_metric_vs_rank(rows: Sequence[Mapping[str, Any]], path: str | Path | None = None):
+    """Each task's main metric (mean over seeds) against the nominal rank, one line per decomposition."""
+    from ..mtl import get_tasks
+    from .ablation import metric_columns, summarize
+
+    plt = _plt()
+    rows = list(rows)
+    summary = summarize(rows)
+    tasks = get_tasks(list(dict.fromkeys(k.split("/")[0] for k in metric_columns(rows))))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.0 * len(tasks), 3.4), squeeze=False)
+    for ax, (name, spec) in zip(axes[0], tasks.items()):
+        key = f"{name}/{spec.main_metric}"
+        for decomp in dict.fromkeys(r["decomp"] for r in summary if r["ranks"]):
+            pts = sorted((r for r in summary if r["decomp"] == decomp and key in r), key=lambda r: r["level"])
+            if pts:
+                ax.errorbar([p["level"] for p in pts], [p[key] for p in pts],
+                            yerr=[p.get(f"{key}_std", 0) for p in pts], marker=_MARKERS.get(decomp, "o"),
+                            capsize=3, label=decomp)
+        for r in summary:
+            if not r["ranks"] and key in r:
+                ax.axhline(r[key], ls="--", lw=1, color="gray", label=r["decomp"])
+        ax.set_xscale("log", base=2)
+        levels = sorted({r["level"] for r in summary if r["level"]})
+        ax.set_xticks(levels, [str(v) for v in levels])
+        ax.minorticks_off()
+        ax.set_xlabel("rank (r_out = r_in; R for CP)")
+        ax.ticklabel_format(axis="y", useOffset=False)
+        arrow = "↑" if spec.metrics[spec.main_metric] > 0 else "↓"
+        ax.set_title(f"{name}: {spec.main_metric} {arrow}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    return _finish(fig, path)

@@ -1,4 +1,4 @@
-"""A tiny multi-task model, two task specs and a random dataset: exercises the engine in seconds.
+"""Test fixture: a tiny multi-task model, two task specs and a random dataset (the engine in seconds).
 
 The task objects follow the same protocol as `tensoradapt.mtl.TaskSpec` (`name`, `channels`,
 `metrics` {name: +1 higher-better / -1 lower-better}, `main_metric`, `loss(logits, target)`,
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from tensoradapt.inject import task_linears, task_scope
 
 __all__ = ["ToyMultiTaskNet", "ToySegTask", "ToyRegTask", "toy_tasks", "ToyDataset"]
 
@@ -33,8 +35,6 @@ class ToyMultiTaskNet(nn.Module):
         return self.norm(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
 
     def forward(self, images: Tensor, tasks=None) -> dict[str, Tensor]:
-        from ..inject import task_linears, task_scope  # local: keep this file importable standalone
-
         x = images.permute(0, 2, 3, 1)  # (B, H, W, C)
         adapted = any(True for _ in task_linears(self))
         out = {}

@@ -1,0 +1,271 @@
+"""The decomposition x rank x seed sweep of mSAM adapters, with delta-m against LoRA-STL.
+
+Every cell is one fine-tuning run (`tensoradapt.train.finetune.run`) in `<out>/cells/<decomp>_r<ranks>_s<seed>/`.
+Re-running skips finished cells (results.json present) and resumes an interrupted one from its last.pt.
+Outputs in `<out>`: table.csv / table.json (one row per cell: metrics, delta-m vs the LoRA-STL cell of the
+same seed, trainable parameters, times), summary.csv (mean / std over seeds), delta_m_vs_params.png and
+metric_vs_rank.png (`tensoradapt.train.plots`).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from .._utils import atomic_write_json, atomic_write_text
+from ..sam import DECOMPS
+from .finetune import FinetuneConfig, UsageError, run
+from .resume import LAST
+from .results import RESULTS
+
+__all__ = [
+    "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "cell_done", "stale_settings", "seeds_on_disk",
+    "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns", "BASELINE_DECOMP",
+    "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "DM_PLOT", "RANK_PLOT", "DEFAULT_RUN", "QUICK_RUN",
+]
+
+TABLE_CSV, TABLE_JSON, SUMMARY_CSV = "table.csv", "table.json", "summary.csv"
+DM_PLOT, RANK_PLOT = "delta_m_vs_params.png", "metric_vs_rank.png"
+BASELINE_DECOMP = "lora"  # LoRA-STL: independent per-task LoRA
+REFERENCES = ("frozen", "full")  # cells without ranks, drawn as horizontal lines
+
+
+@dataclass(frozen=True)
+class Cell:
+    decomp: str
+    ranks: str | None       # None for frozen / full
+    level: int | None       # the nominal rank plotted on the x axis
+    seed: int
+
+    @property
+    def name(self) -> str:
+        r = self.ranks.replace(",", "-") if self.ranks else "none"
+        return f"{self.decomp}_r{r}_s{self.seed}"
+
+
+def _rank_text(decomp: str, r: int, task_rank: int) -> str:
+    return {"tucker": f"{task_rank},{r},{r}", "tt": f"{r},{r}"}.get(decomp, str(r))
+
+
+@dataclass
+class Grid:
+    """Which cells to run, and the fine-tuning options shared by all of them (`run`: keyword arguments of
+    `FinetuneConfig.updated`, e.g. {"epochs": 2, "val_size": 100})."""
+
+    decomps: tuple[str, ...] = ("tucker", "cp", "tt", "lora", "shared-lora")
+    levels: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
+        "tucker": (4, 8, 16, 32), "cp": (8, 16, 32, 64), "tt": (4, 8, 16, 32),
+        "lora": (4, 8, 16, 32), "shared-lora": (4, 8, 16, 32)})
+    task_rank: int = 4                      # Tucker's r_task (the paper's R3)
+    references: tuple[str, ...] = ("frozen",)
+    seeds: tuple[int, ...] = (0, 1)
+    baseline_level: int = 8                 # the LoRA-STL cell delta-m is measured against
+    run: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        allowed = [d for d in DECOMPS if d not in REFERENCES]
+        bad = [d for d in self.decomps if d not in allowed]
+        if bad:
+            raise ValueError(f"decomps {bad} not in {allowed}")
+        bad = [d for d in self.references if d not in REFERENCES]
+        if bad:
+            raise ValueError(f"references must be {' / '.join(REFERENCES)}, got {bad}")
+        if BASELINE_DECOMP not in self.decomps:
+            raise ValueError(f"the grid needs {BASELINE_DECOMP!r} (the LoRA-STL baseline of delta-m)")
+        if self.baseline_level not in self.levels[BASELINE_DECOMP]:
+            raise ValueError(f"baseline_level {self.baseline_level} is not a {BASELINE_DECOMP} level "
+                             f"{self.levels[BASELINE_DECOMP]}")
+        if not self.seeds:
+            raise ValueError("seeds is empty")
+
+    def cells(self) -> list[Cell]:
+        out = []
+        for seed in self.seeds:
+            # the baseline first, so delta-m is available as soon as possible
+            out.append(Cell(BASELINE_DECOMP, _rank_text(BASELINE_DECOMP, self.baseline_level, self.task_rank),
+                            self.baseline_level, seed))
+            for d in self.decomps:
+                for r in self.levels[d]:
+                    c = Cell(d, _rank_text(d, r, self.task_rank), r, seed)
+                    if c not in out:
+                        out.append(c)
+            out += [Cell(d, None, None, seed) for d in self.references]
+        return out
+
+    def experiment_config(self, cell: Cell, out: Path) -> FinetuneConfig:
+        return FinetuneConfig().updated(**self.run, decomp=cell.decomp, ranks=cell.ranks, seed=cell.seed,
+                                        out=str(Path(out) / "cells" / cell.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["levels"] = {k: list(v) for k, v in self.levels.items()}
+        return d
+
+
+# Sized so that the default grid takes about an hour on 2 CPU cores (42 cells, ~80 s each once the data
+# and the pretrained tiny SAM are cached), and the quick grid a couple of minutes.
+DEFAULT_RUN = dict(epochs=2, train_size=None, val_size=100, batch_size=4, progress=False, num_figures=2)
+QUICK_RUN = dict(epochs=2, train_size=32, val_size=16, batch_size=4, progress=False, num_figures=2)
+
+
+def default_grid(seeds: Sequence[int] = (0, 1), **run: Any) -> Grid:
+    return Grid(seeds=tuple(seeds), run={**DEFAULT_RUN, **run})
+
+
+def quick_grid(seeds: Sequence[int] = (0,), **run: Any) -> Grid:
+    return Grid(decomps=("tucker", "lora", "cp"), levels={"tucker": (4,), "lora": (4,), "cp": (8,)},
+                references=(), seeds=tuple(seeds), baseline_level=4, run={**QUICK_RUN, **run})
+
+
+# -------------------------------------------------------------------------------------------- running
+def cell_done(out: Path, cell: Cell) -> bool:
+    return (Path(out) / "cells" / cell.name / RESULTS).is_file()
+
+
+def stale_settings(grid: Grid, out: Path, cell: Cell) -> list[str]:
+    """Settings a finished cell was run with that differ from what the grid asks for now."""
+    res = json.loads((Path(out) / "cells" / cell.name / RESULTS).read_text())
+    diffs = grid.experiment_config(cell, out).resume_differences(res.get("config", {}))
+    return [f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(diffs.items())]
+
+
+def seeds_on_disk(out: Path) -> set[int]:
+    """Seeds of the cells already in `out` (e.g. from sweeps run per seed in parallel)."""
+    found = set()
+    for d in (Path(out) / "cells").glob("*_s*"):
+        tail = d.name.rsplit("_s", 1)[-1]
+        if tail.isdigit():
+            found.add(int(tail))
+    return found
+
+
+def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
+             train_cell: Callable[..., Any] = run) -> list[dict[str, Any]]:
+    """Run every unfinished cell (resuming a half-trained one), then write the table and the plots.
+
+    `train_cell(cfg, resume=...)` trains one cell (default: the fine-tuning recipe's `run`)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "grid.json", grid.to_dict())
+    cells = grid.cells()
+    for c in cells:
+        stale = cell_done(out, c) and stale_settings(grid, out, c)
+        if stale:
+            raise UsageError(
+                f"cell {c.name} in {out} was run with other settings ({', '.join(stale)}): "
+                "use another --out, or delete that cell to rerun it")
+    todo = [c for c in cells if not cell_done(out, c)]
+    log(f"[rank_ablation] {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {out}")
+    t0, done_times = time.perf_counter(), []
+    for i, cell in enumerate(todo):
+        cfg = grid.experiment_config(cell, out)
+        partial = (cfg.out_dir / LAST).exists()
+        t = time.perf_counter()
+        log(f"[rank_ablation] ({i + 1}/{len(todo)}) {cell.name}" + (" (resuming)" if partial else ""))
+        train_cell(cfg, resume=partial)
+        done_times.append(time.perf_counter() - t)
+        eta = statistics.mean(done_times) * (len(todo) - i - 1)
+        log(f"[rank_ablation]     {done_times[-1]:.0f}s; about {eta / 60:.1f} min left")
+        write_outputs(grid, out)  # keep the table current while the sweep runs
+    rows = write_outputs(grid, out)
+    log(f"[rank_ablation] finished in {time.perf_counter() - t0:.0f}s; table: {out / TABLE_CSV}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- table
+def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
+    """One row per finished cell of the grid (for its seeds and any other seed found in `out`), with
+    delta-m against the same seed's LoRA-STL cell."""
+    from ..mtl import delta_m, get_tasks
+
+    results: dict[Cell, dict] = {}
+    grid = dataclasses.replace(grid, seeds=tuple(sorted(set(grid.seeds) | seeds_on_disk(out))))
+    for cell in grid.cells():
+        p = Path(out) / "cells" / cell.name / RESULTS
+        if p.is_file():
+            results[cell] = json.loads(p.read_text())
+    if not results:
+        return []
+    tasks = get_tasks(next(iter(results.values()))["config"]["tasks"])
+    rows = []
+    for cell, res in results.items():
+        base = next((r for c, r in results.items() if c.seed == cell.seed and c.decomp == BASELINE_DECOMP
+                     and c.level == grid.baseline_level), None)
+        row: dict[str, Any] = {
+            "decomp": cell.decomp, "ranks": cell.ranks or "", "level": cell.level, "seed": cell.seed,
+            "trainable_params": res["params"]["trainable"], "delta_params": res["params"]["delta"],
+        }
+        for t in tasks:
+            for m, v in sorted(res["metrics"].get(t, {}).items()):
+                row[f"{t}/{m}"] = v
+        row["delta_m"], row["delta_m_note"] = None, ""
+        if base is None:
+            row["delta_m_note"] = "no LoRA-STL baseline cell for this seed yet"
+        else:
+            try:
+                row["delta_m"] = float(delta_m(res["metrics"], base["metrics"], tasks))
+            except ValueError as e:  # e.g. a baseline metric at 0: the relative change is undefined
+                row["delta_m_note"] = str(e)
+        row.update(steps=res["steps"], train_time_s=round(res["train_time_s"], 2),
+                   wall_time_s=round(res["wall_time_s"], 2), cell=cell.name)
+        rows.append(row)
+    return rows
+
+
+def write_outputs(grid: Grid, out: Path) -> list[dict[str, Any]]:
+    """table.json / table.csv / summary.csv and the two plots from the finished cells; returns the rows."""
+    rows = collect_rows(grid, out)
+    if not rows:
+        return rows
+    from .plots import plot_delta_m_vs_params, plot_metric_vs_rank
+
+    out = Path(out)
+    atomic_write_json(out / TABLE_JSON, {"grid": grid.to_dict(), "rows": rows})
+    _write_csv(out / TABLE_CSV, rows)
+    _write_csv(out / SUMMARY_CSV, summarize(rows))
+    plot_delta_m_vs_params(rows, out / DM_PLOT)
+    plot_metric_vs_rank(rows, out / RANK_PLOT)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    atomic_write_text(path, buf.getvalue())
+
+
+def load_table(out: str | Path) -> list[dict[str, Any]]:
+    """Rows of table.json (numbers stay numbers)."""
+    return json.loads((Path(out) / TABLE_JSON).read_text())["rows"]
+
+
+def metric_columns(rows: Iterable[dict]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r if "/" in k))
+
+
+def summarize(rows: list[dict]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds of every numeric column, per (decomp, ranks)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["decomp"], r["ranks"]), []).append(r)
+    out = []
+    for (decomp, ranks), rs in groups.items():
+        s: dict[str, Any] = {"decomp": decomp, "ranks": ranks, "level": rs[0]["level"], "seeds": len(rs),
+                             "trainable_params": rs[0]["trainable_params"]}
+        for k in metric_columns(rs) + ["delta_m", "train_time_s"]:
+            vals = [r[k] for r in rs if isinstance(r.get(k), (int, float))]
+            if vals:
+                s[k] = statistics.mean(vals)
+                s[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(s)
+    return out

@@ -1,0 +1,180 @@
+"""The fine-tuning recipe: train and evaluate one mSAM adapter configuration on NYUv2-style data.
+
+    from tensoradapt.train.finetune import FinetuneConfig, run
+    results = run(FinetuneConfig().updated(decomp="lora", epochs=2, out="runs/lora"))
+
+`run` resolves the data (the synthetic scenes are generated on first use) and the SAM checkpoint (the
+pretrained tiny SAM is built on first use), builds the mSAM, trains it with the engine (`Trainer`, so
+`torchrun` gives DDP), and writes into `cfg.out_dir`: results.json (per-task metrics, delta-m against
+`cfg.baseline`, parameter counts, times, the config), loss_curves.png, predictions.png, run_config.json,
+train_config.json, log.jsonl, last.pt / best.pt (trainable state only).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from .._utils import atomic_write_json
+from .checkpoint import CheckpointError
+from .distributed import barrier, cleanup_distributed, init_distributed
+from .engine import Trainer
+from .finetune_config import FinetuneConfig, MSamOptions, UsageError, finetune_train_config
+from .resume import LAST
+from .results import (
+    RESULTS, RUN_CONFIG, parameter_counts, rank_text, results_record, summary_line, write_figures, write_results,
+)
+
+__all__ = [
+    "FinetuneConfig", "MSamOptions", "UsageError", "finetune_train_config", "run", "build_model", "ModelBuilder",
+    "build_datasets", "resolve_checkpoint", "resolve_data_root", "RESULTS", "RUN_CONFIG",
+]
+
+
+def _log(msg: str, main: bool = True) -> None:
+    if main:
+        print(f"[sam_mtl] {msg}", flush=True)
+
+
+def resolve_data_root(cfg: FinetuneConfig, main: bool = True) -> Path:
+    """The dataset folder; the synthetic one is generated (or reused from the cache) here."""
+    if cfg.data == "nyuv2":
+        return Path(cfg.data_root)
+    from ..data import ensure_synthetic
+
+    return ensure_synthetic(cfg.data_root, progress=main and cfg.train.progress)
+
+
+def resolve_checkpoint(cfg: FinetuneConfig, main: bool = True) -> str | None:
+    """The SAM checkpoint path: the given one, none ("none"), or the pretrained tiny SAM (built on first use)."""
+    if cfg.checkpoint == "none":
+        return None
+    if cfg.checkpoint is not None:
+        return cfg.checkpoint
+    if cfg.model == "tiny":
+        from ..sam.pretrained import ensure_tiny_sam_checkpoint
+
+        return str(ensure_tiny_sam_checkpoint(progress=main and cfg.train.progress))
+    _log(f"warning: no --checkpoint for --model {cfg.model}: the SAM weights are random", main)
+    return None
+
+
+def build_model(cfg: FinetuneConfig, checkpoint: str | None) -> nn.Module:
+    """The mSAM of `cfg` (deltas and heads drawn from `cfg.train.seed`), frozen weights from `checkpoint`."""
+    import dataclasses
+
+    from ..sam import build_msam
+
+    torch.manual_seed(cfg.train.seed)
+    channels = {name: spec.channels for name, spec in cfg.task_specs().items()}
+    return build_msam(cfg.model, channels, checkpoint=checkpoint, **dataclasses.asdict(cfg.msam))
+
+
+ModelBuilder = Callable[[FinetuneConfig, "str | None"], nn.Module]
+
+
+def build_datasets(cfg: FinetuneConfig, root: Path) -> tuple[Dataset, Dataset]:
+    """(train, val) at `cfg.image_size` (default: the model's), cut to `train_size` / `val_size`."""
+    from ..data import NYUv2
+
+    size = cfg.image_size or cfg.default_image_size()
+    train = NYUv2(root, "train", augment=cfg.augment, size=size)
+    val = NYUv2(root, "val", augment=False, size=size)
+    if cfg.train_size is not None and cfg.train_size < len(train):
+        train = Subset(train, range(cfg.train_size))
+    if cfg.val_size is not None and cfg.val_size < len(val):
+        val = Subset(val, range(cfg.val_size))
+    return train, val
+
+
+def _check_resume(cfg: FinetuneConfig, out: Path, resume: bool) -> None:
+    if (out / LAST).exists() and not resume:
+        raise UsageError(f"{out / LAST} exists: add --resume to continue it, or choose another --out")
+    if resume and (out / RUN_CONFIG).exists():
+        diffs = cfg.resume_differences(json.loads((out / RUN_CONFIG).read_text()))
+        if diffs:
+            raise UsageError("--resume with other settings than the run in {}: {}".format(
+                out, ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(diffs.items()))))
+
+
+def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[[Trainer], None]] = (),
+        model_builder: ModelBuilder = build_model) -> dict[str, Any]:
+    """Train + evaluate one configuration; returns (rank 0: and writes) the results dict.
+
+    `callbacks` go to the `Trainer` (called after every optimiser step); `model_builder(cfg, checkpoint)`
+    builds the model (default `build_model`, the mSAM). Raises `UsageError` for anything wrong with the
+    request, before training starts; `NonFiniteLossError` if a loss turns NaN / inf.
+    """
+    t_start = time.perf_counter()
+    try:
+        info = init_distributed(cfg.train.device)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from None
+    main = info.is_main
+    threads = cfg.threads or (1 if info.device.type == "cpu" and cfg.model == "tiny" else 0)
+    if threads:
+        torch.set_num_threads(threads)
+    out = cfg.out_dir
+    _check_resume(cfg, out, resume)
+    tasks = cfg.task_specs()
+
+    # First-use builds (pretrained tiny SAM, synthetic scenes): rank 0 first, the others then find them cached.
+    for turn in ((True,) if not info.distributed else (True, False)):
+        if main == turn:
+            checkpoint = resolve_checkpoint(cfg, main)
+            try:
+                model = model_builder(cfg, checkpoint)
+            except (ValueError, FileNotFoundError) as e:
+                raise UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
+            root = resolve_data_root(cfg, main)
+            try:
+                train, val = build_datasets(cfg, root)
+            except (ValueError, FileNotFoundError) as e:
+                raise UsageError(f"data: {str(e).splitlines()[0]}") from None
+        barrier()
+    setup_time = time.perf_counter() - t_start
+    counts = parameter_counts(model)
+    ranks = rank_text(cfg.msam_config().ranks)  # the defaults resolved
+    _log(f"{cfg.msam.decomp} ranks={ranks} model={cfg.model} data={cfg.data} ({len(train)} train / {len(val)} val, "
+         f"{tuple(cfg.image_size or cfg.default_image_size())}) on {info.device} x{info.world_size}; "
+         f"trainable {counts['trainable']:,} of {counts['total']:,} params; setup {setup_time:.1f}s", main)
+    if main:
+        atomic_write_json(out / RUN_CONFIG, cfg.to_dict())
+
+    trainer = Trainer(model, tasks, train, val, cfg.train, out_dir=out, extra_state={"run_config": cfg.to_dict()},
+                      callbacks=callbacks, dist_info=info)
+    try:
+        summary = trainer.fit(resume=resume)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+
+    results: dict[str, Any] = {}
+    if main:
+        results = results_record(summary, tasks, config=cfg.to_dict(), counts=counts, baseline=cfg.baseline,
+                                 log=out / "log.jsonl", setup_time=setup_time, device=info.device,
+                                 world_size=info.world_size)
+        if hasattr(model, "msam_config"):
+            results["msam_config"] = model.msam_config.to_dict()
+        results["figures"] = _figures(cfg, model, tasks, val, out, info.device, ranks)
+        results["wall_time_s"] = time.perf_counter() - t_start
+        write_results(out, results)
+        _log(f"done in {results['wall_time_s']:.1f}s ({summary['steps']} steps): {summary_line(results)}", main)
+        _log(f"wrote {out / RESULTS}", main)
+    cleanup_distributed()
+    return results
+
+
+def _figures(cfg: FinetuneConfig, model: nn.Module, tasks: Mapping[str, Any], val: Dataset, out: Path,
+             device: torch.device, ranks: str | None) -> list[str]:
+    try:
+        import matplotlib  # noqa: F401  (the `plot` extra)
+    except ImportError:
+        _log("matplotlib is not installed (pip install 'tensoradapt[plot]'): no figures written")
+        return []
+    title = f"mSAM {cfg.model} · {cfg.msam.decomp}" + (f" ({ranks})" if ranks else "")
+    return write_figures(model, tasks, val, out, device, cfg.num_figures, title)
