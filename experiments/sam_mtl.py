@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
       "lora, shared-lora), 16,16 (tt); default: tucker 4,8,8 / cp 8 / tt 4,8 / lora 8 for tiny, the paper's "
       "4,32,32 / 32 / 16,16 / 32 for vit_*")
     a("--model", default=d.model, help=f"SAM size: {', '.join(MODELS)} (default tiny)")
-    a("--checkpoint", default=None, help="official-format SAM checkpoint of that size; 'none' = random init "
+    a("--checkpoint", default=None, help="SAM weights of that size: an official-format file or a transformers "
+      "folder (config.json + model.safetensors); 'none' = random init "
       "(default: the pretrained tiny SAM, built on first use, for --model tiny)")
     a("--data", default=d.data, help=f"{' or '.join(DATASETS)} (synthetic is generated on first use)")
     a("--data-root", default=None, help="dataset folder with train/ and val/ (.npy layout)")
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--qkv", default=m.qkv, help="which of q, k, v get a delta")
     a("--scale", type=float, default=m.scale)
     a("--dropout", type=float, default=m.dropout)
+    a("--init", default=m.init, help="delta init: paper (zero core, N(0,1) factors) or orthonormal (both start at 0)")
+    a("--attention", default=m.attention, help="encoder attention: sdpa (fused, no N x N matrix) or sam")
+    a("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward (less memory)")
     a("--orth-weight", type=float, default=t.orth_weight, help="orthogonality penalty weight")
     a("--task-weights", type=task_weights, default={}, help="e.g. semantic=1,depth=0.5,normal=1")
     a("--no-augment", dest="augment", action="store_false", help="no random scale-crop / flip")

@@ -225,10 +225,3 @@ def test_config_and_cli_errors(tmp_path, capsys):
     report = cli.main(["--out", str(tmp_path / "c.pth"), "--steps", "1", "--n-scenes", "2", "--n-heldout", "1",
                        "--batch-size", "1", "--no-progress"])
     assert report["steps"] == 1 and (tmp_path / "c.json").is_file()
-
-
-def test_old_import_path_re_exports_the_same_objects():
-    import tensoradapt.sam.pretrained as old
-    import tensoradapt.train.pretrain as new
-
-    assert old.__all__ and all(getattr(old, name) is getattr(new, name) for name in old.__all__)

@@ -57,7 +57,7 @@ def resolve_checkpoint(cfg: FinetuneConfig, main: bool = True) -> str | None:
     if cfg.checkpoint is not None:
         return cfg.checkpoint
     if cfg.model == "tiny":
-        from ..sam.pretrained import ensure_tiny_sam_checkpoint
+        from .pretrain import ensure_tiny_sam_checkpoint
 
         return str(ensure_tiny_sam_checkpoint(progress=main and cfg.train.progress))
     _log(f"warning: no --checkpoint for --model {cfg.model}: the SAM weights are random", main)

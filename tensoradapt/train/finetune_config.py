@@ -72,6 +72,7 @@ class MSamOptions:
     train_norms: bool = _MSAM_DEFAULTS["train_norms"]
     init: str = _MSAM_DEFAULTS["init"]
     grad_checkpointing: bool = _MSAM_DEFAULTS["grad_checkpointing"]
+    attention: str = _MSAM_DEFAULTS["attention"]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,7 +125,7 @@ class FinetuneConfig:
         if self.model not in MODELS:
             raise UsageError(f"--model must be one of {', '.join(MODELS)}; got {self.model!r}")
         self._check_data()
-        if self.checkpoint not in (None, "none") and not Path(self.checkpoint).is_file():
+        if self.checkpoint not in (None, "none") and not Path(self.checkpoint).exists():
             raise UsageError(f"--checkpoint {self.checkpoint} does not exist")
         self.tasks = tuple(self.tasks)
         try:
