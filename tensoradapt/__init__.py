@@ -8,12 +8,13 @@ from .deltas import (
     parse_ranks, unregister_delta,
 )
 from .inject import (
-    AdapterConfig, adapt, adapter_state_dict, count_parameters, enable_task_kwarg, load_adapter,
-    load_adapter_state_dict, mark_trainable, merge_adapters, save_adapter, set_merged_inference, set_task,
-    task_deltas, task_linears, task_scope, trainable_parameters_report, unmerge_adapters,
+    AdapterConfig, adapt, adapter_state_dict, count_parameters, load_adapter, load_adapter_state_dict,
+    mark_trainable, merge_adapters, save_adapter, set_merged_inference, trainable_parameters_report,
+    unmerge_adapters,
 )
-from .layers import TaskLinear, qkv_rows
+from .layers import TaskLinear, qkv_rows, task_deltas, task_linears
 from .regularizers import gram_deviation, orthogonality_penalty
+from .routing import enable_task_kwarg, set_task, task_scope
 
 __version__ = "0.1.0"
 

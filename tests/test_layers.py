@@ -162,6 +162,16 @@ def test_load_adapter_names_missing_and_unexpected_keys(tmp_path):
         ta.load_adapter(mlp(), tmp_path / "nowhere")
 
 
+def test_a_task_passed_to_the_layer_overrides_the_routed_one():
+    layer = TaskLinear(nn.Linear(4, 6), randomize_(TuckerDelta((3, 6, 4), (2, 2, 2))))
+    x = torch.randn(3, 4)
+    layer.task = 0
+    routed = layer(x)
+    assert torch.equal(layer(x, task=0), routed) and not torch.equal(layer(x, task=2), routed)
+    assert torch.equal(layer(x, task=torch.tensor([2, 2, 2])), layer(x, task=2))
+    assert layer.task == 0
+
+
 def test_adapt_works_on_a_transformer_encoder():
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True, dropout=0.0)
@@ -186,25 +196,6 @@ def test_adapt_works_on_a_timm_vit():
     ta.adapt(model, r"blocks\.\d+\.attn\.qkv", decomp="tucker", num_tasks=2, ranks=(2, 4, 4), qkv="qv")
     with ta.task_scope(model, torch.tensor([0, 1])):
         assert torch.equal(model(x), before)
-
-
-def test_task_kwarg_routing_through_a_forward_pre_hook():
-    model = ta.adapt(mlp(), ["0"], decomp="cp", num_tasks=2, ranks=2)
-    randomize_model_deltas(model)
-    ta.enable_task_kwarg(model)
-    x = torch.randn(2, 12)
-    with ta.task_scope(model, 1):
-        expected = model(x)
-    assert torch.equal(model(x, task=1), expected)
-    assert model[0].task is None  # restored after the call
-
-
-def test_task_scope_restores_the_previous_routing():
-    model = ta.adapt(mlp(), ["0"], decomp="cp", num_tasks=3, ranks=2)
-    ta.set_task(model, 2)
-    with ta.task_scope(model, 0):
-        assert model[0].task == 0
-    assert model[0].task == 2
 
 
 def test_parameter_report_mentions_counts_and_compression():

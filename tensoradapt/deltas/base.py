@@ -155,7 +155,10 @@ class TaskDelta(nn.Module, ABC):
         return torch.baddbmm(y3, h, up.transpose(1, 2), alpha=scale).view(-1, self.d_out)
 
     def _project(self, x: Tensor, task: TaskIndex) -> tuple[Tensor, Tensor, TaskIndex]:
-        """Validate, route, and return the bottleneck activations and the up factor."""
+        """Validate, route, and return the bottleneck activations and the up factor.
+
+        Ids already checked (where they were routed) are not read again: no host sync here.
+        """
         if x.shape[-1] != self.d_in:
             raise ValueError(
                 f"input last dim must be d_in={self.d_in}, got x of shape {tuple(x.shape)}"
