@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import torch
 from torch import Tensor, nn
 
-from ._utils import atomic_path, dataclass_kwargs
+from ._utils import atomic_path, atomic_write_json, dataclass_kwargs, load_state_subset
 from .deltas import INITS, delta_class, make_delta
 from .layers import TaskLinear, qkv_rows, task_deltas, task_linears
 from .routing import enable_task_kwarg, set_task, task_scope
@@ -216,22 +215,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def load_adapter_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Load delta parameters strictly: missing, unexpected or mis-shaped keys raise, naming them."""
-    own = adapter_state_dict(model)
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise KeyError(
-            f"adapter state does not match the model: missing keys {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-            f"{' ...' if len(unexpected) > 8 else ''}"
-        )
-    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
-    if bad:
-        raise ValueError(f"adapter tensors have the wrong shape (saved vs model): {bad[:8]}")
-    with torch.no_grad():
-        for k, v in own.items():
-            v.copy_(state[k])
+    """Load delta parameters strictly: missing, unexpected or mis-shaped keys raise `StateMismatchError`
+    (a KeyError) naming them, before anything is copied."""
+    load_state_subset(model, state, keys=adapter_state_dict(model), source="adapter state")
 
 
 def save_adapter(model: nn.Module, directory: str | Path) -> Path:
@@ -246,9 +232,7 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     state = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
         save_file(state, str(tmp))
-    text = json.dumps([json.loads(c.to_json()) for c in configs], indent=2)
-    with atomic_path(directory / ADAPTER_CONFIG) as tmp:
-        tmp.write_text(text)
+    atomic_write_json(directory / ADAPTER_CONFIG, [dataclasses.asdict(c) for c in configs])
     return directory
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 import tensoradapt as ta
 from tensoradapt import TaskLinear, TuckerDelta
+from tensoradapt._utils import StateMismatchError
 
 RANKS = {"cp": 4, "tucker": (3, 4, 4), "tt": (2, 4), "lora": 4, "shared-lora": 4}
 
@@ -160,6 +161,19 @@ def test_load_adapter_names_missing_and_unexpected_keys(tmp_path):
         ta.load_adapter(other, tmp_path)
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         ta.load_adapter(mlp(), tmp_path / "nowhere")
+
+
+def test_load_adapter_state_refuses_wrong_shapes_before_copying_anything():
+    model = ta.adapt(mlp(), ["0", "2"], decomp="tucker", num_tasks=2, ranks=(2, 3, 3))
+    state = {k: torch.ones_like(v) for k, v in ta.adapter_state_dict(model).items()}
+    state["2.delta.core"] = torch.ones(2, 3, 4)
+    before = {k: v.clone() for k, v in ta.adapter_state_dict(model).items()}
+    with pytest.raises(StateMismatchError, match=r"shape mismatch for \['2\.delta\.core: \(2, 3, 4\)"):
+        ta.load_adapter_state_dict(model, state)
+    assert all(torch.equal(v, before[k]) for k, v in ta.adapter_state_dict(model).items())
+    del state["2.delta.core"]
+    with pytest.raises(KeyError, match=r"missing keys \['2\.delta\.core'\]"):
+        ta.load_adapter_state_dict(model, state)
 
 
 def test_a_task_passed_to_the_layer_overrides_the_routed_one():
