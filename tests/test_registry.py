@@ -43,7 +43,8 @@ def define_scaled_lora() -> type[TaskDelta]:
         def to_tensor(self) -> Tensor:
             return self.s.view(-1, 1, 1) * (self.B @ self.A)
 
-        def orthogonal_matrices(self) -> list[Tensor]:
+        def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+            self._check_terms(terms)
             return [self.A.T, self.B]
 
     return ScaledLoRADelta

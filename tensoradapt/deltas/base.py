@@ -27,9 +27,11 @@ from ..fit import FitOptions, check_dense, relative_error, tensorly_numpy
 from .registry import register_delta
 from .task_index import TaskIndex, check_task_index
 
-__all__ = ["TaskDelta", "TaskIndex", "INITS", "PAPER_WIDTH", "check_task_index"]
+__all__ = ["TaskDelta", "TaskIndex", "INITS", "ORTHOGONALITY_TERMS", "PAPER_WIDTH", "check_task_index"]
 
 INITS = ("paper", "orthonormal")
+#: which factor matrices the orthogonality penalty covers: the paper's code's set, or every factor
+ORTHOGONALITY_TERMS = ("paper", "all")
 #: model widths from here up get a class's `paper_ranks` by default, narrower ones its `narrow_ranks`
 PAPER_WIDTH = 512
 
@@ -91,8 +93,9 @@ class TaskDelta(nn.Module, ABC):
         """Materialise the full `(T, d_out, d_in)` tensor (for tests, fitting and merging only)."""
 
     @abstractmethod
-    def orthogonal_matrices(self) -> list[Tensor]:
-        """The factor matrices and core slices the orthogonality penalty applies to."""
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        """The factor matrices and core slices the orthogonality penalty applies to (`terms`: one of
+        `ORTHOGONALITY_TERMS`; "paper" is the paper's code's set, "all" every factor)."""
 
     @property
     @abstractmethod
@@ -244,6 +247,12 @@ class TaskDelta(nn.Module, ABC):
         raise TypeError(f"{cls.__name__} has no tensorly-torch counterpart")
 
     # ----------------------------------------------------------------- helpers for subclasses
+    @staticmethod
+    def _check_terms(terms: str) -> str:
+        if terms not in ORTHOGONALITY_TERMS:
+            raise ValueError(f"terms must be one of {ORTHOGONALITY_TERMS}, got {terms!r}")
+        return terms
+
     @staticmethod
     def _positive_int(value, name: str) -> int:
         if isinstance(value, bool) or not isinstance(value, (int,)) and not (

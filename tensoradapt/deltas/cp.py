@@ -65,7 +65,8 @@ class CPDelta(TaskDelta):
     def to_tensor(self) -> Tensor:
         return torch.einsum("tr,or,ir->toi", self.task_factor, self.out_factor, self.in_factor)
 
-    def orthogonal_matrices(self) -> list[Tensor]:
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        self._check_terms(terms)  # the task factor is the (diagonal) core: never in the penalty
         return [self.out_factor, self.in_factor]
 
     # ----------------------------------------------------------------- fitting / interop

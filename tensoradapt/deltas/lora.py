@@ -82,7 +82,9 @@ class LoRADelta(TaskDelta):
     def to_tensor(self) -> Tensor:
         return torch.bmm(self.B, self.A)
 
-    def orthogonal_matrices(self) -> list[Tensor]:
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        """Every task's `A[t]^T` and `B[t]` (both sets)."""
+        self._check_terms(terms)
         return [*self.A.transpose(1, 2).unbind(0), *self.B.unbind(0)]
 
     def _fit(self, dense: Tensor, options: FitOptions) -> None:
@@ -124,7 +126,9 @@ class SharedLoRADelta(LoRADelta):
     def to_tensor(self) -> Tensor:
         return (self.B @ self.A).expand(self.num_tasks, -1, -1)
 
-    def orthogonal_matrices(self) -> list[Tensor]:
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        """`A^T` and `B` (both sets)."""
+        self._check_terms(terms)
         return [self.A.T, self.B]
 
     def _fit(self, dense: Tensor, options: FitOptions) -> None:

@@ -82,7 +82,9 @@ class TTDelta(TaskDelta):
     def to_tensor(self) -> Tensor:
         return torch.einsum("tob,bi->toi", self.task_out_factors(), self.in_core[:, :, 0])
 
-    def orthogonal_matrices(self) -> list[Tensor]:
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        """The task core, the input core and each slice of the middle core (both sets)."""
+        self._check_terms(terms)
         return [self.task_core[0], self.in_core[:, :, 0].T, *self.out_core.unbind(0)]
 
     # ----------------------------------------------------------------- fitting / interop

@@ -80,8 +80,11 @@ class TuckerDelta(TaskDelta):
     def to_tensor(self) -> Tensor:
         return torch.einsum("tor,Oo,Ir->tOI", self.task_cores(), self.out_factor, self.in_factor)
 
-    def orthogonal_matrices(self) -> list[Tensor]:
-        return [self.task_factor, self.out_factor, self.in_factor, *self.core.unbind(0)]
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        """"paper": the paper's code's set, `out_factor`, `in_factor` and each core slice `core[k]`
+        (2 + r_task matrices); "all" adds the task factor."""
+        paper = [self.out_factor, self.in_factor, *self.core.unbind(0)]
+        return [self.task_factor, *paper] if self._check_terms(terms) == "all" else paper
 
     # ----------------------------------------------------------------- fitting / interop
     def _fit(self, dense: Tensor, options: FitOptions) -> None:
