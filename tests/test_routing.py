@@ -140,6 +140,21 @@ def test_routing_moves_the_ids_once_and_they_stay_checked(monkeypatch):
     assert not calls, dict(calls)
 
 
+@pytest.mark.parametrize("decomp", ["tucker", "tt"])
+def test_routing_inside_a_compiled_forward_causes_no_graph_break(decomp):
+    """mSAM routes inside its forward (`task_scope` per task pass): routing must trace too."""
+    model, shape = _adapted("mlp", decomp)
+    ids = torch.tensor([0, 2, 1, 2])
+
+    def step(x):
+        with ta.task_scope(model, ids):
+            return model(x)
+
+    explanation = torch._dynamo.explain(step)(torch.randn(shape))
+    torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
 def test_ids_changed_in_place_after_routing_are_checked_again():
     model = ta.adapt(mlp(), ["0"], decomp="cp", num_tasks=3, ranks=2)
     ids = torch.tensor([0, 1])

@@ -75,6 +75,8 @@ def checked_ids_on(task: Tensor, device: torch.device) -> Tensor:
     """`task` as int64 on `device`, still known as checked (call after `check_task_index`): routing moves the
     ids once, so that the layers' forwards copy nothing (a blocking host -> device copy per layer)."""
     ids = task.to(device=device, dtype=torch.long)
+    if _is_compiling():
+        return ids  # nothing is remembered inside a compiled graph (nor checked: see check_task_index)
     seen = _checked.get(task)
     if ids is not task and seen is not None and seen[0] == _version(task):
         _checked[ids] = (_version(ids), seen[1])
