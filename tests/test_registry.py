@@ -117,6 +117,13 @@ def test_a_class_without_rank_names_is_refused():
     assert "nameless" not in ta.DELTA_CLASSES
 
 
+def test_unknown_names_are_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match=r"decomp must be one of \['cp', 'lora', .*got 'nope'"):
+        ta.unregister_delta("nope")
+    with pytest.raises(TypeError, match=r"ranks for tucker must be 3 int\(s\) \(r_task,r_out,r_in\), got None"):
+        ta.parse_ranks("tucker", None)
+
+
 def test_subclasses_without_a_name_of_their_own_are_not_registered():
     class Tweaked(ta.TuckerDelta):
         pass

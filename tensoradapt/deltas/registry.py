@@ -72,7 +72,10 @@ def parse_ranks(decomp: str, ranks: str | int | Sequence[int]) -> int | tuple[in
     elif isinstance(ranks, int) and not isinstance(ranks, bool):
         values = (ranks,)
     else:
-        values = tuple(ranks)
+        try:
+            values = tuple(ranks)
+        except TypeError:
+            raise TypeError(f"ranks for {decomp} must be {arity} int(s) ({listed}), got {ranks!r}") from None
     if len(values) != arity:
         raise ValueError(f"ranks for {decomp} must be {arity} value(s) ({listed}), got {values}")
     if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
