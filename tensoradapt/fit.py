@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "FitOptions", "relative_error", "check_dense", "tensorly_numpy", "as_torch", "fill_", "to_parameters",
+    "FitOptions", "relative_error", "check_dense", "tensorly_numpy", "as_torch", "pad_to", "fill_",
+    "to_parameters",
 ]
 
 
@@ -73,16 +74,26 @@ def as_torch(a: Any) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).clone()
 
 
+def pad_to(t: Tensor, shape: Sequence[int]) -> Tensor:
+    """`t` zero-padded at the end of each mode up to `shape` (no mode of `t` may exceed it)."""
+    shape = tuple(shape)
+    if t.dim() != len(shape) or any(n > s for n, s in zip(t.shape, shape)):
+        raise ValueError(f"a tensor of shape {tuple(t.shape)} does not fit in {shape}")
+    out = t.new_zeros(shape)
+    out[tuple(slice(0, n) for n in t.shape)] = t
+    return out
+
+
+#: the old private name; tensoradapt/interop/peft.py imports it (remove once it imports `pad_to`)
+_pad = pad_to
+
+
 def fill_(targets: Sequence[Tensor], values: Sequence[Any]) -> None:
     """Copy each value into its target, zero-padding at the end of each mode (tensorly may return smaller
     ranks than asked for when a rank exceeds a mode); no autograd."""
     with torch.no_grad():
         for target, value in zip(targets, values, strict=True):
-            value = as_torch(value).to(target.dtype)
-            if value.dim() != target.dim() or any(v > t for v, t in zip(value.shape, target.shape)):
-                raise ValueError(f"a factor of shape {tuple(value.shape)} does not fit {tuple(target.shape)}")
-            target.zero_()
-            target[tuple(slice(0, s) for s in value.shape)] = value
+            target.copy_(pad_to(as_torch(value), target.shape))
 
 
 def to_parameters(tensors: Sequence[Tensor]) -> list[torch.nn.Parameter]:
