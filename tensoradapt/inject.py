@@ -1,21 +1,22 @@
-"""Put task deltas into any model, route tasks, choose what trains, save and load adapters."""
+"""Put task deltas into any model, choose what trains, save and load adapters.
+
+Task routing (`set_task`, `task_scope`, `enable_task_kwarg`) lives in `routing` and is re-exported here.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
-import torch
 from torch import Tensor, nn
 
-from .deltas import DELTA_CLASSES, INITS, TaskDelta, check_task_index, make_delta
-from .deltas.base import TaskIndex
-from ._utils import dataclass_kwargs
-from .layers import TaskLinear, qkv_rows
+from ._utils import atomic_path, atomic_write_json, dataclass_kwargs, load_state_subset
+from .deltas import INITS, delta_class, make_delta
+from .layers import TaskLinear, qkv_rows, task_deltas, task_linears
+from .routing import enable_task_kwarg, set_task, task_scope
 
 __all__ = [
     "AdapterConfig", "adapt", "task_linears", "task_deltas", "set_task", "task_scope",
@@ -46,8 +47,7 @@ class AdapterConfig:
     layers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.decomp not in DELTA_CLASSES:
-            raise ValueError(f"decomp must be one of {sorted(DELTA_CLASSES)}, got {self.decomp!r}")
+        delta_class(self.decomp)  # a registered decomposition, or an error listing them
         if isinstance(self.num_tasks, bool) or not isinstance(self.num_tasks, int) or self.num_tasks <= 0:
             raise ValueError(f"num_tasks must be a positive int, got {self.num_tasks!r}")
         if self.init not in INITS:
@@ -95,7 +95,7 @@ def adapt(
     Args:
         targets: a regex matched against full module names, a list of names/suffixes (PEFT style), or a
             predicate `(name, module) -> bool`.
-        decomp: "cp", "tucker", "tt", "lora" or "shared-lora".
+        decomp: a registered decomposition (`DECOMPS`: "cp", "tucker", "tt", "lora", "shared-lora", ...).
         num_tasks: T.
         ranks: the decomposition's ranks (see each delta class).
         scale / alpha: delta multiplier; `scale` wins, else `alpha / rank`, else 1.
@@ -140,76 +140,6 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
-
-
-def task_linears(model: nn.Module) -> Iterator[tuple[str, TaskLinear]]:
-    """Every adapted layer, found by type."""
-    for name, m in model.named_modules():
-        if isinstance(m, TaskLinear):
-            yield name, m
-
-
-def task_deltas(model: nn.Module) -> Iterator[tuple[str, TaskDelta]]:
-    """Every task delta, found by type."""
-    for name, m in model.named_modules():
-        if isinstance(m, TaskDelta):
-            yield name, m
-
-
-def _num_tasks(model: nn.Module) -> int:
-    counts = {m.num_tasks for _, m in task_linears(model)}
-    if not counts:
-        raise ValueError(f"{type(model).__name__} has no TaskLinear: call adapt(...) first")
-    if len(counts) > 1:
-        raise ValueError(f"adapted layers disagree on the number of tasks: {sorted(counts)}")
-    return counts.pop()
-
-
-def set_task(model: nn.Module, task: TaskIndex | None) -> None:
-    """Route every adapted layer of `model` to `task` (an int or per-sample ids `(B,)`; None clears)."""
-    if task is not None:
-        if isinstance(task, Tensor) and task.dim() == 0:
-            task = int(task)
-        check_task_index(task, _num_tasks(model))
-    for _, layer in task_linears(model):
-        layer.task = task
-
-
-@contextmanager
-def task_scope(model: nn.Module, task: TaskIndex):
-    """`with task_scope(model, task): model(x)` routes `task` and restores the previous routing."""
-    previous = [(layer, layer.task) for _, layer in task_linears(model)]
-    set_task(model, task)
-    try:
-        yield model
-    finally:
-        for layer, old in previous:
-            layer.task = old
-
-
-def enable_task_kwarg(model: nn.Module, name: str = "task"):
-    """Let `model(x, task=...)` route tasks: a forward pre-hook pops the kwarg (as PEFT's Poly does).
-
-    Returns the hook handles; `.remove()` them to undo.
-    """
-
-    def pre(module, args, kwargs):
-        if name in kwargs:
-            task = kwargs.pop(name)
-            module._tensoradapt_saved = [(l, l.task) for _, l in task_linears(module)]
-            set_task(module, task)
-        return args, kwargs
-
-    def post(module, args, kwargs, output):
-        for layer, old in getattr(module, "_tensoradapt_saved", []):
-            layer.task = old
-        module._tensoradapt_saved = []
-        return output
-
-    return (
-        model.register_forward_pre_hook(pre, with_kwargs=True),
-        model.register_forward_hook(post, with_kwargs=True),
-    )
 
 
 def mark_trainable(
@@ -285,29 +215,14 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def load_adapter_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Load delta parameters strictly: missing, unexpected or mis-shaped keys raise, naming them."""
-    own = adapter_state_dict(model)
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise KeyError(
-            f"adapter state does not match the model: missing keys {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-            f"{' ...' if len(unexpected) > 8 else ''}"
-        )
-    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
-    if bad:
-        raise ValueError(f"adapter tensors have the wrong shape (saved vs model): {bad[:8]}")
-    with torch.no_grad():
-        for k, v in own.items():
-            v.copy_(state[k])
+    """Load delta parameters strictly: missing, unexpected or mis-shaped keys raise `StateMismatchError`
+    (a KeyError) naming them, before anything is copied."""
+    load_state_subset(model, state, keys=adapter_state_dict(model), source="adapter state")
 
 
 def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     """Write `adapter_model.safetensors` + `adapter_config.json` into `directory` (atomically)."""
     from safetensors.torch import save_file
-
-    from ._utils import atomic_path
 
     configs: list[AdapterConfig] = getattr(model, "tensoradapt_configs", [])
     if not configs:
@@ -317,9 +232,7 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     state = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
         save_file(state, str(tmp))
-    text = json.dumps([json.loads(c.to_json()) for c in configs], indent=2)
-    with atomic_path(directory / ADAPTER_CONFIG) as tmp:
-        tmp.write_text(text)
+    atomic_write_json(directory / ADAPTER_CONFIG, [dataclasses.asdict(c) for c in configs])
     return directory
 
 

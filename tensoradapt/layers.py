@@ -1,15 +1,15 @@
 """`TaskLinear`: a frozen `nn.Linear` with a task delta beside it."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .deltas.base import TaskDelta, TaskIndex, check_task_index
+from .deltas import TaskDelta, TaskIndex, check_task_index
 
-__all__ = ["TaskLinear", "qkv_rows"]
+__all__ = ["TaskLinear", "qkv_rows", "task_linears", "task_deltas"]
 
 QKV_PARTS = "qkv"
 
@@ -45,7 +45,8 @@ class TaskLinear(nn.Module):
 
     The base linear is kept intact and frozen; the delta sits beside it. The task is routed by
     `set_task` / `task_scope` (it is stored in `self.task`) so the host model's forward signature is
-    unchanged.
+    unchanged; `layer(x, task=...)` overrides the routed task for one call. Ids routed there were
+    checked once; the forward reads no id on the host.
 
     Args:
         base: the frozen `nn.Linear` (weight `(d_out_full, d_in)`).
@@ -129,29 +130,30 @@ class TaskLinear(nn.Module):
     def merged(self) -> bool:
         return self.merged_task is not None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, task: TaskIndex | None = None) -> Tensor:
+        """x: (B', ..., d_in) -> (B', ..., d_out_full); `task` (default: the routed one) as in `TaskDelta`."""
+        task = self.task if task is None else task
         if self.merged_task is not None:
-            self._check_merged_routing()
+            self._check_merged_routing(task)
             return self.base(x)
-        if self.task is None:
+        if task is None:
             raise RuntimeError(
                 "no task routed to this TaskLinear: call set_task(model, task) or use "
                 "`with task_scope(model, task):` before the forward"
             )
         if self.merged_inference and not torch.is_grad_enabled():
-            return self._forward_merged(x, self.task)
+            return self._forward_merged(x, task)
         if self._runs is None:
             # Fused: the delta's up-projection accumulates straight into the frozen GEMM's fresh 2-D
             # output (no (N, d_out) temporary, no separate add, no autograd copy of a view).
             y = self.base(x.reshape(-1, x.shape[-1]))
-            y = self.delta.add_to_(y, self.dropout(x), self.task, self.scale)
+            y = self.delta.add_to_(y, self.dropout(x), task, self.scale)
             return y.view(*x.shape[:-1], y.shape[-1])
-        return self._add_rows(self.base(x), self.delta(self.dropout(x), self.task), self.scale)
+        return self._add_rows(self.base(x), self.delta(self.dropout(x), task), self.scale)
 
-    def _check_merged_routing(self) -> None:
+    def _check_merged_routing(self, routed: TaskIndex | None) -> None:
         """A merged layer serves only its merged task (a host sync for per-sample ids is acceptable:
         merged layers serve inference)."""
-        routed = self.task
         if isinstance(routed, Tensor):
             others = routed[routed != self.merged_task]
             routed = int(others[0]) if others.numel() else self.merged_task
@@ -250,3 +252,16 @@ class TaskLinear(nn.Module):
         merged = f", merged_task={self.merged_task}" if self.merged else ""
         return f"scale={self.scale:g}, rows={rows}{merged}"
 
+
+def task_linears(model: nn.Module) -> Iterator[tuple[str, TaskLinear]]:
+    """Every adapted layer of `model`, found by type."""
+    for name, m in model.named_modules():
+        if isinstance(m, TaskLinear):
+            yield name, m
+
+
+def task_deltas(model: nn.Module) -> Iterator[tuple[str, TaskDelta]]:
+    """Every task delta in `model`, found by type."""
+    for name, m in model.named_modules():
+        if isinstance(m, TaskDelta):
+            yield name, m

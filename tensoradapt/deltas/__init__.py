@@ -1,62 +1,28 @@
-"""Factorised task deltas: one `(T, d_out, d_in)` update tensor per adapted linear layer."""
+"""Factorised task deltas: one `(T, d_out, d_in)` update tensor per adapted linear layer.
+
+Each decomposition is one class (one file) that registers itself under its `decomp` name; `DELTA_CLASSES`
+and `DECOMPS` list what is registered when they are read.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from .base import INITS, ORTHOGONALITY_TERMS, PAPER_WIDTH, TaskDelta
+from .registry import DELTA_CLASSES, delta_class, make_delta, parse_ranks, register_delta, unregister_delta
+from .task_index import TaskIndex, check_task_index, checked_ids_on
 
-from .base import INITS, TaskDelta, TaskIndex, check_task_index
+# Imported in this order so that DECOMPS reads ("cp", "tucker", "tt", "lora", "shared-lora").
 from .cp import CPDelta
-from .lora import LoRADelta, SharedLoRADelta
-from .tt import TTDelta
 from .tucker import TuckerDelta
+from .tt import TTDelta
+from .lora import LoRADelta, SharedLoRADelta
 
 __all__ = [
     "TaskDelta", "TaskIndex", "CPDelta", "TuckerDelta", "TTDelta", "LoRADelta", "SharedLoRADelta",
-    "DELTA_CLASSES", "DECOMPS", "INITS", "make_delta", "parse_ranks", "check_task_index",
+    "DELTA_CLASSES", "DECOMPS", "INITS", "ORTHOGONALITY_TERMS", "PAPER_WIDTH", "make_delta", "parse_ranks",
+    "check_task_index", "checked_ids_on", "delta_class", "register_delta", "unregister_delta",
 ]
 
-DELTA_CLASSES: dict[str, type[TaskDelta]] = {
-    cls.decomp: cls for cls in (CPDelta, TuckerDelta, TTDelta, LoRADelta, SharedLoRADelta)
-}
-DECOMPS: tuple[str, ...] = tuple(DELTA_CLASSES)
 
-#: how many ranks each decomposition takes, and their names (for messages and CLI parsing)
-RANK_ARITY: dict[str, tuple[int, str]] = {
-    "cp": (1, "R"),
-    "tucker": (3, "r_task,r_out,r_in"),
-    "tt": (2, "r1,r2"),
-    "lora": (1, "r"),
-    "shared-lora": (1, "r"),
-}
-
-
-def parse_ranks(decomp: str, ranks: str | int | Sequence[int]):
-    """Normalise ranks for `decomp` from a CLI string ("4,32,32") or a sequence; check the arity.
-
-    Returns an int for cp / lora / shared-lora and a tuple for tucker / tt.
-    """
-    if decomp not in RANK_ARITY:
-        raise ValueError(f"decomp must be one of {sorted(RANK_ARITY)}, got {decomp!r}")
-    arity, names = RANK_ARITY[decomp]
-    if isinstance(ranks, str):
-        try:
-            values = tuple(int(v) for v in ranks.replace(" ", "").split(",") if v != "")
-        except ValueError:
-            raise ValueError(
-                f"ranks for {decomp} must be {arity} comma-separated ints ({names}), got {ranks!r}"
-            ) from None
-    elif isinstance(ranks, int) and not isinstance(ranks, bool):
-        values = (ranks,)
-    else:
-        values = tuple(ranks)
-    if len(values) != arity:
-        raise ValueError(f"ranks for {decomp} must be {arity} value(s) ({names}), got {values}")
-    if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
-        raise ValueError(f"ranks for {decomp} must be positive ints ({names}), got {values}")
-    return values[0] if arity == 1 else values
-
-
-def make_delta(decomp: str, shape: Sequence[int], ranks, init: str = "paper") -> TaskDelta:
-    """Build a delta by name: `make_delta("tucker", (T, d_out, d_in), (4, 32, 32))`."""
-    if decomp not in DELTA_CLASSES:
-        raise ValueError(f"decomp must be one of {sorted(DELTA_CLASSES)}, got {decomp!r}")
-    return DELTA_CLASSES[decomp](shape=shape, ranks=ranks, init=init)
+def __getattr__(name: str):
+    if name == "DECOMPS":  # the registered names, read when asked for (a tuple cannot follow the registry)
+        return tuple(DELTA_CLASSES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

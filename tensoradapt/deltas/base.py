@@ -11,50 +11,29 @@ Task routing (`task` argument of `forward`):
   covers `k` consecutive leading rows (sample-major), which is how SAM's windowed attention splits an
   image into `k` windows. Shared projections run once over all samples; only the tiny per-task
   core/vector is gathered per sample.
+
+A subclass that sets `decomp` registers itself (see `registry`); everything specific to a decomposition
+lives in its class: rank names and bounds, default ranks, init, forward, fitting and tensorly interop.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TaskDelta", "TaskIndex", "INITS", "check_task_index"]
+from ..fit import FitOptions, check_dense, relative_error, tensorly_numpy
+from .registry import register_delta
+from .task_index import TaskIndex, check_task_index
 
-TaskIndex = int | Tensor
+__all__ = ["TaskDelta", "TaskIndex", "INITS", "ORTHOGONALITY_TERMS", "PAPER_WIDTH", "check_task_index"]
+
 INITS = ("paper", "orthonormal")
-
-
-def _is_compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # pragma: no cover - older torch
-        return False
-
-
-def check_task_index(task: TaskIndex, num_tasks: int) -> None:
-    """Raise if `task` is not an int in `[0, num_tasks)` or a 1-D integer tensor of such ids."""
-    if isinstance(task, bool):
-        raise TypeError(f"task must be an int or a LongTensor of per-sample ids, got {task!r}")
-    if isinstance(task, int):
-        if not 0 <= task < num_tasks:
-            raise IndexError(f"task id {task} is outside [0, T) with T={num_tasks}")
-        return
-    if not isinstance(task, Tensor):
-        raise TypeError(
-            f"task must be an int or a LongTensor of per-sample ids, got {type(task).__name__}"
-        )
-    if task.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"task ids must be an integer tensor, got dtype {task.dtype}")
-    if task.dim() != 1:
-        raise ValueError(f"task ids must have shape (B,), got {tuple(task.shape)}")
-    if _is_compiling() or task.numel() == 0:
-        return  # the range check needs a host sync; skip it inside a compiled graph
-    lo, hi = int(task.min()), int(task.max())
-    if lo < 0 or hi >= num_tasks:
-        bad = lo if lo < 0 else hi
-        raise IndexError(f"task id {bad} is outside [0, T) with T={num_tasks}")
+#: which factor matrices the orthogonality penalty covers: the paper's code's set, or every factor
+ORTHOGONALITY_TERMS = ("paper", "all")
+#: model widths from here up get a class's `paper_ranks` by default, narrower ones its `narrow_ranks`
+PAPER_WIDTH = 512
 
 
 class TaskDelta(nn.Module, ABC):
@@ -64,13 +43,23 @@ class TaskDelta(nn.Module, ABC):
 
     Args:
         shape: `(T, d_out, d_in)`.
-        ranks: the decomposition's ranks (see each subclass).
+        ranks: the decomposition's ranks, named by `rank_names` (an int when there is one).
         init: `"paper"` (zero core/last factor, other factors N(0, 1)) or `"orthonormal"` (zero core,
             factors with orthonormal columns). Both make the delta exactly zero.
     """
 
-    #: short name used by `make_delta`, configs and reports
-    decomp: str = ""
+    #: short name used by `make_delta`, configs and reports; setting it registers the class
+    decomp: ClassVar[str] = ""
+    #: the names of the ranks, in the order `ranks` takes them (their number is the arity)
+    rank_names: ClassVar[tuple[str, ...]] = ()
+    #: default ranks at a model width >= PAPER_WIDTH, and below it (None: no default)
+    paper_ranks: ClassVar[Any] = None
+    narrow_ranks: ClassVar[Any] = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("decomp"):
+            register_delta(cls)
 
     def __init__(self, shape: Sequence[int], ranks, init: str = "paper") -> None:
         super().__init__()
@@ -84,10 +73,6 @@ class TaskDelta(nn.Module, ABC):
         self.ranks = self._validate_ranks(ranks)
 
     # ----------------------------------------------------------------- to implement
-    @abstractmethod
-    def _validate_ranks(self, ranks):
-        """Return the normalised ranks, or raise ValueError naming `ranks` and the bound."""
-
     @abstractmethod
     def reset_parameters(self, init: str = "paper") -> None:
         """Re-initialise so that the delta is exactly zero."""
@@ -108,15 +93,41 @@ class TaskDelta(nn.Module, ABC):
         """Materialise the full `(T, d_out, d_in)` tensor (for tests, fitting and merging only)."""
 
     @abstractmethod
-    def orthogonal_matrices(self) -> list[Tensor]:
-        """The factor matrices and core slices the orthogonality penalty applies to."""
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        """The factor matrices and core slices the orthogonality penalty applies to (`terms`: one of
+        `ORTHOGONALITY_TERMS`; "paper" is the paper's code's set, "all" every factor)."""
 
     @property
     @abstractmethod
     def rank(self) -> int:
         """Width of the bottleneck the input is projected to (LoRA's `r`, used for alpha / rank)."""
 
+    def _validate_ranks(self, ranks):
+        """The normalised ranks (an int for one rank, else a tuple), or an error naming `ranks`.
+
+        Subclasses extend this with their bounds.
+        """
+        if len(self.rank_names) == 1:
+            return self._single_rank(ranks, self.rank_names[0])
+        return self._rank_tuple(ranks, len(self.rank_names), f"({', '.join(self.rank_names)})")
+
+    def _fit(self, dense: Tensor, options: FitOptions) -> None:
+        """Set the factors to fit `dense: (T, d_out, d_in)` (float64, CPU; no autograd, tensorly on numpy)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fitting method")
+
     # ----------------------------------------------------------------- shared
+    @classmethod
+    def default_ranks(cls, width: int):
+        """The ranks used when none are given, for a model of embedding width `width`.
+
+        `paper_ranks` (the paper's bottleneck of 32) from `PAPER_WIDTH` up, `narrow_ranks` below.
+        """
+        width = cls._positive_int(width, "width")
+        ranks = cls.paper_ranks if width >= PAPER_WIDTH else cls.narrow_ranks
+        if ranks is None:
+            raise NotImplementedError(f"{cls.__name__} has no default ranks; pass ranks explicitly")
+        return ranks
+
     def matrix(self, task: int) -> Tensor:
         """`delta[task]`: (d_out, d_in). Subclasses override with a cheaper contraction."""
         check_task_index(task, self.num_tasks)
@@ -147,7 +158,10 @@ class TaskDelta(nn.Module, ABC):
         return torch.baddbmm(y3, h, up.transpose(1, 2), alpha=scale).view(-1, self.d_out)
 
     def _project(self, x: Tensor, task: TaskIndex) -> tuple[Tensor, Tensor, TaskIndex]:
-        """Validate, route, and return the bottleneck activations and the up factor."""
+        """Validate, route, and return the bottleneck activations and the up factor.
+
+        Ids already checked (where they were routed) are not read again: no host sync here.
+        """
         if x.shape[-1] != self.d_in:
             raise ValueError(
                 f"input last dim must be d_in={self.d_in}, got x of shape {tuple(x.shape)}"
@@ -196,7 +210,49 @@ class TaskDelta(nn.Module, ABC):
             f"compression={self.compression_ratio():.1f}x vs dense"
         )
 
+    # ----------------------------------------------------------------- fitting / interop (tensorly)
+    @classmethod
+    def from_tensor(
+        cls, dense: Tensor, ranks, n_iter_max: int = 500, tol: float = 1e-12, random_state: int = 0,
+        n_restarts: int = 0,
+    ) -> tuple["TaskDelta", float]:
+        """Fit this decomposition to `dense: (T, d_out, d_in)`; returns `(delta, relative_error)`.
+
+        The delta has `dense`'s dtype and device; see `FitOptions` for the iteration controls.
+        """
+        x = check_dense(dense)
+        delta = cls(shape=tuple(x.shape), ranks=ranks).double()
+        with tensorly_numpy():
+            delta._fit(x, FitOptions(n_iter_max, tol, random_state, n_restarts))
+        err = relative_error(x, delta.to_tensor().detach())
+        return delta.to(device=dense.device, dtype=dense.dtype), err
+
+    def to_tensorly(self):
+        """tensorly's CPTensor / TuckerTensor / TTTensor with copies of this delta's factors (torch
+        arrays: use them under tensorly's pytorch backend)."""
+        raise TypeError(f"{type(self).__name__} has no tensorly counterpart")
+
+    @classmethod
+    def from_tensorly(cls, obj) -> "TaskDelta":
+        """Build a delta from the matching tensorly tensor (or its tuple form)."""
+        raise TypeError(f"{cls.__name__} has no tensorly counterpart")
+
+    def to_tltorch(self):
+        """tensorly-torch's CPTensor / TuckerTensor / TTTensor with copies of this delta's factors."""
+        raise TypeError(f"{type(self).__name__} has no tensorly-torch counterpart")
+
+    @classmethod
+    def from_tltorch(cls, ft) -> "TaskDelta":
+        """Build a delta from a tensorly-torch factorised tensor of the matching kind."""
+        raise TypeError(f"{cls.__name__} has no tensorly-torch counterpart")
+
     # ----------------------------------------------------------------- helpers for subclasses
+    @staticmethod
+    def _check_terms(terms: str) -> str:
+        if terms not in ORTHOGONALITY_TERMS:
+            raise ValueError(f"terms must be one of {ORTHOGONALITY_TERMS}, got {terms!r}")
+        return terms
+
     @staticmethod
     def _positive_int(value, name: str) -> int:
         if isinstance(value, bool) or not isinstance(value, (int,)) and not (
@@ -244,36 +300,3 @@ class TaskDelta(nn.Module, ABC):
                 factor.normal_(0.0, 1.0)
             else:
                 nn.init.orthogonal_(factor)
-
-
-    # ----------------------------------------------------------------- fitting / interop (tensorly)
-    @classmethod
-    def from_tensor(cls, dense: Tensor, ranks, **kwargs) -> tuple["TaskDelta", float]:
-        """Fit this decomposition to `dense: (T, d_out, d_in)`; returns `(delta, relative_error)`."""
-        from ..fit import fit_delta
-
-        return fit_delta(cls, dense, ranks, **kwargs)
-
-    def to_tensorly(self):
-        """tensorly's CPTensor / TuckerTensor / TTTensor with this delta's factors."""
-        from ..fit import to_tensorly
-
-        return to_tensorly(self)
-
-    @classmethod
-    def from_tensorly(cls, obj) -> "TaskDelta":
-        from ..fit import from_tensorly
-
-        return from_tensorly(cls, obj)
-
-    def to_tltorch(self):
-        """tensorly-torch's CPTensor / TuckerTensor / TTTensor with copies of this delta's factors."""
-        from ..fit import to_tltorch
-
-        return to_tltorch(self)
-
-    @classmethod
-    def from_tltorch(cls, ft) -> "TaskDelta":
-        from ..fit import from_tltorch
-
-        return from_tltorch(cls, ft)

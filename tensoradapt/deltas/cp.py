@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..fit import FitOptions, as_torch, fill_, relative_error, to_parameters
 from .base import TaskDelta, check_task_index
 
 __all__ = ["CPDelta"]
@@ -21,6 +22,8 @@ class CPDelta(TaskDelta):
     """
 
     decomp = "cp"
+    rank_names = ("R",)
+    paper_ranks, narrow_ranks = 32, 8
 
     def __init__(self, shape, ranks, init: str = "paper") -> None:
         super().__init__(shape, ranks, init)
@@ -31,9 +34,6 @@ class CPDelta(TaskDelta):
         self.in_factor = self._new(d_in, R)
         self.reset_parameters(init)
 
-    def _validate_ranks(self, ranks):
-        return self._single_rank(ranks, "R")
-
     @property
     def rank(self) -> int:
         return self.ranks
@@ -43,6 +43,11 @@ class CPDelta(TaskDelta):
         self._init_factor(self.in_factor, init)
         with torch.no_grad():
             self.task_factor.zero_()
+
+    @property
+    def factors(self) -> list[Tensor]:
+        """`[task_factor, out_factor, in_factor]`, in tensorly's mode order."""
+        return [self.task_factor, self.out_factor, self.in_factor]
 
     def _down(self, x: Tensor, task: int | Tensor) -> Tensor:
         h = x @ self.in_factor
@@ -60,5 +65,49 @@ class CPDelta(TaskDelta):
     def to_tensor(self) -> Tensor:
         return torch.einsum("tr,or,ir->toi", self.task_factor, self.out_factor, self.in_factor)
 
-    def orthogonal_matrices(self) -> list[Tensor]:
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        self._check_terms(terms)  # the task factor is the (diagonal) core: never in the penalty
         return [self.out_factor, self.in_factor]
+
+    # ----------------------------------------------------------------- fitting / interop
+    def _fit(self, dense: Tensor, options: FitOptions) -> None:
+        """CP-ALS from an SVD init, then `n_restarts` random inits; the best fit wins. tensorly pads an SVD
+        init beyond a mode with random columns."""
+        import tensorly as tl
+        from tensorly.decomposition import parafac
+
+        best = None
+        for k, init in enumerate(["svd"] + ["random"] * options.n_restarts):
+            cp = parafac(dense.numpy(), rank=self.ranks, n_iter_max=options.n_iter_max, init=init,
+                         tol=options.tol, random_state=options.random_state + k)
+            err = relative_error(dense, as_torch(tl.cp_to_tensor(cp)))
+            if best is None or err < best[0]:
+                best = (err, cp)
+        weights, (a_t, a_o, a_i) = best[1]
+        fill_(self.factors, [a_t * weights, a_o, a_i])
+
+    def to_tensorly(self):
+        import tensorly as tl
+
+        weights = torch.ones(self.ranks, dtype=self.in_factor.dtype, device=self.in_factor.device)
+        return tl.cp_tensor.CPTensor((weights, [f.detach().clone() for f in self.factors]))
+
+    @classmethod
+    def from_tensorly(cls, obj) -> "CPDelta":
+        """From a tensorly `CPTensor` or `(weights, factors)`; the weights are folded into the task factor."""
+        weights, factors = obj
+        a_t, a_o, a_i = (as_torch(f) for f in factors)
+        w = as_torch(weights) if weights is not None else torch.ones(a_t.shape[1], dtype=a_t.dtype)
+        delta = cls(shape=(a_t.shape[0], a_o.shape[0], a_i.shape[0]), ranks=a_t.shape[1]).to(a_t.dtype)
+        fill_(delta.factors, [a_t * w, a_o, a_i])
+        return delta
+
+    def to_tltorch(self):
+        import tltorch
+
+        weights, factors = self.to_tensorly()
+        return tltorch.CPTensor(*to_parameters([weights]), to_parameters(factors))
+
+    @classmethod
+    def from_tltorch(cls, ft) -> "CPDelta":
+        return cls.from_tensorly((ft.weights, ft.factors))

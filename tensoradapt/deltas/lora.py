@@ -6,6 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..fit import FitOptions, fill_
 from .base import TaskDelta, check_task_index
 
 __all__ = ["LoRADelta", "SharedLoRADelta"]
@@ -20,6 +21,16 @@ def _init_down(A: Tensor, init: str) -> None:
             nn.init.orthogonal_(A)
 
 
+def _truncated_svd(m: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """The best rank-r `B @ A ~= m` (Eckart-Young), balanced: `B = U_r S_r^1/2`, `A = S_r^1/2 V_r^T`.
+
+    m: (..., d_out, d_in) -> B (..., d_out, r), A (..., r, d_in) (batched over leading dims).
+    """
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    root = s[..., :r].sqrt()
+    return u[..., :, :r] * root.unsqueeze(-2), root.unsqueeze(-1) * vh[..., :r, :]
+
+
 class LoRADelta(TaskDelta):
     """T independent LoRAs, `delta[t] = B[t] @ A[t]` (LoRA-STL in one model).
 
@@ -31,6 +42,8 @@ class LoRADelta(TaskDelta):
     """
 
     decomp = "lora"
+    rank_names = ("r",)
+    paper_ranks, narrow_ranks = 32, 8
 
     def __init__(self, shape, ranks, init: str = "paper") -> None:
         super().__init__(shape, ranks, init)
@@ -40,7 +53,7 @@ class LoRADelta(TaskDelta):
         self.reset_parameters(init)
 
     def _validate_ranks(self, ranks):
-        r = self._single_rank(ranks, "r")
+        r = super()._validate_ranks(ranks)
         self._bound(r, min(self.d_out, self.d_in), "ranks r must be <= min(d_out, d_in)")
         return r
 
@@ -69,8 +82,15 @@ class LoRADelta(TaskDelta):
     def to_tensor(self) -> Tensor:
         return torch.bmm(self.B, self.A)
 
-    def orthogonal_matrices(self) -> list[Tensor]:
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        """Every task's `A[t]^T` and `B[t]` (both sets)."""
+        self._check_terms(terms)
         return [*self.A.transpose(1, 2).unbind(0), *self.B.unbind(0)]
+
+    def _fit(self, dense: Tensor, options: FitOptions) -> None:
+        """Each task's truncated SVD (not iterative: `options` do not apply)."""
+        B, A = _truncated_svd(dense, self.ranks)
+        fill_([self.B, self.A], [B, A])
 
 
 class SharedLoRADelta(LoRADelta):
@@ -106,5 +126,12 @@ class SharedLoRADelta(LoRADelta):
     def to_tensor(self) -> Tensor:
         return (self.B @ self.A).expand(self.num_tasks, -1, -1)
 
-    def orthogonal_matrices(self) -> list[Tensor]:
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        """`A^T` and `B` (both sets)."""
+        self._check_terms(terms)
         return [self.A.T, self.B]
+
+    def _fit(self, dense: Tensor, options: FitOptions) -> None:
+        """The best single rank-r matrix for all tasks in the least-squares sense: truncate the mean."""
+        B, A = _truncated_svd(dense.mean(0), self.ranks)
+        fill_([self.B, self.A], [B, A])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..fit import FitOptions, as_torch, fill_, to_parameters
 from .base import TaskDelta, check_task_index
 
 __all__ = ["TTDelta"]
@@ -23,6 +24,8 @@ class TTDelta(TaskDelta):
     """
 
     decomp = "tt"
+    rank_names = ("r1", "r2")
+    paper_ranks, narrow_ranks = (16, 16), (4, 8)
 
     def __init__(self, shape, ranks, init: str = "paper") -> None:
         super().__init__(shape, ranks, init)
@@ -34,7 +37,7 @@ class TTDelta(TaskDelta):
         self.reset_parameters(init)
 
     def _validate_ranks(self, ranks):
-        r1, r2 = self._rank_tuple(ranks, 2, "(r1, r2)")
+        r1, r2 = super()._validate_ranks(ranks)
         self._bound(r2, self.d_in, "ranks r2 must be <= d_in")
         self._bound(r2, r1 * self.d_out, "ranks r2 must be <= r1 * d_out")
         self._bound(r1, self.d_out * r2, "ranks r1 must be <= d_out * r2")
@@ -79,5 +82,38 @@ class TTDelta(TaskDelta):
     def to_tensor(self) -> Tensor:
         return torch.einsum("tob,bi->toi", self.task_out_factors(), self.in_core[:, :, 0])
 
-    def orthogonal_matrices(self) -> list[Tensor]:
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        """The task core, the input core and each slice of the middle core (both sets)."""
+        self._check_terms(terms)
         return [self.task_core[0], self.in_core[:, :, 0].T, *self.out_core.unbind(0)]
+
+    # ----------------------------------------------------------------- fitting / interop
+    def _fit(self, dense: Tensor, options: FitOptions) -> None:
+        """TT-SVD (not iterative: `options` do not apply)."""
+        from tensorly.decomposition import tensor_train
+
+        fill_(self.factors, tensor_train(dense.numpy(), rank=[1, *self.ranks, 1]))
+
+    def to_tensorly(self):
+        import tensorly as tl
+
+        return tl.tt_tensor.TTTensor([f.detach().clone() for f in self.factors])
+
+    @classmethod
+    def from_tensorly(cls, obj) -> "TTDelta":
+        """From a tensorly `TTTensor` or its list of three cores (boundary ranks 1)."""
+        g1, g2, g3 = (as_torch(f) for f in obj)
+        if g1.shape[0] != 1 or g3.shape[2] != 1:
+            raise ValueError(f"a 3-core TT with boundary ranks 1 is expected, got {g1.shape}, {g3.shape}")
+        delta = cls(shape=(g1.shape[1], g2.shape[1], g3.shape[1]), ranks=(g1.shape[2], g3.shape[0])).to(g1.dtype)
+        fill_(delta.factors, [g1, g2, g3])
+        return delta
+
+    def to_tltorch(self):
+        import tltorch
+
+        return tltorch.TTTensor(to_parameters(self.to_tensorly().factors))
+
+    @classmethod
+    def from_tltorch(cls, ft) -> "TTDelta":
+        return cls.from_tensorly(list(ft.factors))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..fit import FitOptions, as_torch, fill_, to_parameters
 from .base import TaskDelta, check_task_index
 
 __all__ = ["TuckerDelta"]
@@ -22,6 +23,8 @@ class TuckerDelta(TaskDelta):
     """
 
     decomp = "tucker"
+    rank_names = ("r_task", "r_out", "r_in")
+    paper_ranks, narrow_ranks = (4, 32, 32), (4, 8, 8)
 
     def __init__(self, shape, ranks, init: str = "paper") -> None:
         super().__init__(shape, ranks, init)
@@ -34,7 +37,7 @@ class TuckerDelta(TaskDelta):
         self.reset_parameters(init)
 
     def _validate_ranks(self, ranks):
-        r_task, r_out, r_in = self._rank_tuple(ranks, 3, "(r_task, r_out, r_in)")
+        r_task, r_out, r_in = super()._validate_ranks(ranks)
         self._bound(r_out, self.d_out, "ranks r_out must be <= d_out")
         self._bound(r_in, self.d_in, "ranks r_in must be <= d_in")
         self._bound(r_task, r_out * r_in, "ranks r_task must be <= r_out * r_in")
@@ -44,8 +47,13 @@ class TuckerDelta(TaskDelta):
     def rank(self) -> int:
         return self.ranks[2]
 
+    @property
+    def factors(self) -> list[Tensor]:
+        """`[task_factor, out_factor, in_factor]`, in tensorly's mode order."""
+        return [self.task_factor, self.out_factor, self.in_factor]
+
     def reset_parameters(self, init: str = "paper") -> None:
-        for f in (self.task_factor, self.out_factor, self.in_factor):
+        for f in self.factors:
             self._init_factor(f, init)
         with torch.no_grad():
             self.core.zero_()
@@ -72,5 +80,44 @@ class TuckerDelta(TaskDelta):
     def to_tensor(self) -> Tensor:
         return torch.einsum("tor,Oo,Ir->tOI", self.task_cores(), self.out_factor, self.in_factor)
 
-    def orthogonal_matrices(self) -> list[Tensor]:
-        return [self.task_factor, self.out_factor, self.in_factor, *self.core.unbind(0)]
+    def orthogonal_matrices(self, terms: str = "paper") -> list[Tensor]:
+        """"paper": the paper's code's set, `out_factor`, `in_factor` and each core slice `core[k]`
+        (2 + r_task matrices); "all" adds the task factor."""
+        paper = [self.out_factor, self.in_factor, *self.core.unbind(0)]
+        return [self.task_factor, *paper] if self._check_terms(terms) == "all" else paper
+
+    # ----------------------------------------------------------------- fitting / interop
+    def _fit(self, dense: Tensor, options: FitOptions) -> None:
+        """HOOI; a rank above its mode's size is fitted at the mode's size and zero-padded."""
+        from tensorly.decomposition import tucker
+
+        fit_ranks = [min(r, n) for r, n in zip(self.ranks, dense.shape)]
+        core, factors = tucker(dense.numpy(), rank=fit_ranks, n_iter_max=options.n_iter_max, tol=options.tol,
+                               random_state=options.random_state)
+        fill_([self.core, *self.factors], [core, *factors])
+
+    def to_tensorly(self):
+        import tensorly as tl
+
+        factors = [f.detach().clone() for f in self.factors]
+        return tl.tucker_tensor.TuckerTensor((self.core.detach().clone(), factors))
+
+    @classmethod
+    def from_tensorly(cls, obj) -> "TuckerDelta":
+        """From a tensorly `TuckerTensor` or `(core, [task, out, in factors])`."""
+        core, factors = obj
+        core = as_torch(core)
+        u_t, u_o, u_i = (as_torch(f) for f in factors)
+        delta = cls(shape=(u_t.shape[0], u_o.shape[0], u_i.shape[0]), ranks=tuple(core.shape)).to(core.dtype)
+        fill_([delta.core, *delta.factors], [core, u_t, u_o, u_i])
+        return delta
+
+    def to_tltorch(self):
+        import tltorch
+
+        core, factors = self.to_tensorly()
+        return tltorch.TuckerTensor(*to_parameters([core]), to_parameters(factors))
+
+    @classmethod
+    def from_tltorch(cls, ft) -> "TuckerDelta":
+        return cls.from_tensorly((ft.core, ft.factors))
