@@ -85,7 +85,6 @@ def pad_to(t: Tensor, shape: Sequence[int]) -> Tensor:
 
 
 #: the old private name; tensoradapt/interop/peft.py imports it (remove once it imports `pad_to`)
-_pad = pad_to
 
 
 def fill_(targets: Sequence[Tensor], values: Sequence[Any]) -> None:

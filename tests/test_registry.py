@@ -152,3 +152,20 @@ def test_what_a_new_class_does_not_offer_it_says_so(scaled_lora):
         scaled_lora.from_tensor(torch.randn(3, 5, 4), 2)
     with pytest.raises(TypeError, match="ScaledLoRADelta has no tensorly counterpart"):
         scaled_lora((3, 5, 4), 2).to_tensorly()
+
+
+def test_msam_offers_a_new_class_with_its_default_ranks(scaled_lora):
+    from tensoradapt.sam import build_msam, default_ranks, get_sam_config, is_task_agnostic, msam_decomps
+
+    scaled_lora.paper_ranks, scaled_lora.narrow_ranks = 16, 3
+    assert "scaled-lora" in msam_decomps() and not is_task_agnostic("scaled-lora")
+    assert default_ranks("scaled-lora", get_sam_config("tiny")) == 3
+    assert default_ranks("scaled-lora", get_sam_config("vit_b")) == 16
+    model = build_msam("tiny", {"a": 2, "b": 1}, decomp="scaled-lora")
+    assert model.msam_config.ranks == 3 and not model.task_agnostic
+    deltas = [d for _, d in ta.task_deltas(model)]
+    assert len(deltas) == 4 and all(isinstance(d, scaled_lora) for d in deltas)
+    out = model(torch.rand(2, 3, 48, 64))
+    assert out["a"].shape == (2, 2, 48, 64)
+    scaled_lora.task_shared = True  # one delta for every task: mSAM then runs its encoder once per batch
+    assert is_task_agnostic("scaled-lora")

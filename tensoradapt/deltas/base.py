@@ -55,6 +55,9 @@ class TaskDelta(nn.Module, ABC):
     #: default ranks at a model width >= PAPER_WIDTH, and below it (None: no default)
     paper_ranks: ClassVar[Any] = None
     narrow_ranks: ClassVar[Any] = None
+    #: True when `delta[t]` is the same for every t (hard parameter sharing): a host then runs its encoder
+    #: once for all tasks instead of once per task (mSAM's `is_task_agnostic`)
+    task_shared: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

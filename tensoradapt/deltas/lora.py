@@ -100,6 +100,7 @@ class SharedLoRADelta(LoRADelta):
     """
 
     decomp = "shared-lora"
+    task_shared = True
 
     def __init__(self, shape, ranks, init: str = "paper") -> None:
         TaskDelta.__init__(self, shape, ranks, init)

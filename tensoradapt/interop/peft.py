@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .._utils import atomic_path, atomic_write_json
 from ..deltas import DELTA_CLASSES, TaskDelta, make_delta
-from ..fit import _pad
+from ..fit import pad_to
 from ..inject import adapt, task_linears
 from ..layers import TaskLinear
 
@@ -319,8 +319,8 @@ def to_peft(
         state = {}
         for name, per_task in factors.items():
             A, B = per_task[t]
-            state[f"base_model.model.{name}.lora_A.weight"] = _pad(A, (r, A.shape[1])).cpu().contiguous()
-            state[f"base_model.model.{name}.lora_B.weight"] = _pad(B, (B.shape[0], r)).cpu().contiguous()
+            state[f"base_model.model.{name}.lora_A.weight"] = pad_to(A, (r, A.shape[1])).cpu().contiguous()
+            state[f"base_model.model.{name}.lora_B.weight"] = pad_to(B, (B.shape[0], r)).cpu().contiguous()
         folder = out / task
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / PEFT_WEIGHTS) as tmp:

@@ -10,7 +10,8 @@ build_msam), `report` (parameter counts), `serialization` (save_msam / load_msam
 `segment_anything` is imported through `tensoradapt.sam._import`, which works without torchvision.
 """
 from .config import MODEL_TYPES, SAM_CONFIGS, MSamConfig, SamConfig, build_sam, get_sam_config
-from .decomps import DECOMPS, NO_DELTA, PAPER_RANKS, SMALL_RANKS, TASK_AGNOSTIC, default_ranks
+from . import decomps as _decomps
+from .decomps import NO_DELTA, default_ranks, is_task_agnostic, msam_decomps
 from .model import MultiTaskSAM, build_msam
 from .report import parameter_breakdown
 from .serialization import load_msam, save_msam
@@ -20,5 +21,11 @@ __all__ = [
     "build_msam", "MultiTaskSAM", "MSamConfig", "save_msam", "load_msam", "parameter_breakdown",
     "default_ranks", "DECOMPS", "NO_DELTA", "TASK_AGNOSTIC", "PAPER_RANKS", "SMALL_RANKS", "SamCheckpointError",
     "read_sam_checkpoint", "fit_sam_state_dict", "SamConfig", "SAM_CONFIGS", "MODEL_TYPES", "get_sam_config",
-    "build_sam",
+    "build_sam", "msam_decomps", "is_task_agnostic",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("DECOMPS", "TASK_AGNOSTIC", "PAPER_RANKS", "SMALL_RANKS"):  # read from the delta registry
+        return getattr(_decomps, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

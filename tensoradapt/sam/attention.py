@@ -38,15 +38,19 @@ def _round8(n: int) -> int:
     return -(-n // 8) * 8
 
 
-def folded_rel_pos_attention(attn: nn.Module, x: Tensor) -> Tensor:
-    """segment-anything `Attention.forward` via fused SDPA: x (B, H, W, dim) -> (B, H, W, dim)."""
+def folded_rel_pos_attention(attn: nn.Module, x: Tensor, get_rel_pos=None) -> Tensor:
+    """segment-anything `Attention.forward` via fused SDPA: x (B, H, W, dim) -> (B, H, W, dim).
+
+    `get_rel_pos`: segment-anything's `get_rel_pos` (looked up when None; the swapped class passes the one it
+    captured, so a compiled forward does no import lookups).
+    """
     B, H, W, _ = x.shape
     heads = attn.num_heads
     qkv = attn.qkv(x).reshape(B, H * W, 3, heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, c)
     q, k, v = qkv.unbind(0)
     c = q.shape[-1]
     if attn.use_rel_pos:
-        get_rel_pos = sam_modeling().image_encoder.get_rel_pos
+        get_rel_pos = get_rel_pos or sam_modeling().image_encoder.get_rel_pos
         rel_h = get_rel_pos(H, H, attn.rel_pos_h).to(q.dtype)  # (H, H, c): R_h[h_i, h_j]
         rel_w = get_rel_pos(W, W, attn.rel_pos_w).to(q.dtype)  # (W, W, c)
         grid_q = q.reshape(B, heads, H, W, c)
@@ -76,12 +80,15 @@ def _key_onehots(H: int, W: int, device: torch.device, dtype: torch.dtype) -> Te
 
 @functools.cache
 def _sdpa_class() -> type:
-    base = sam_modeling().image_encoder.Attention
+    image_encoder = sam_modeling().image_encoder
 
-    class FoldedRelPosAttention(base):
+    class FoldedRelPosAttention(image_encoder.Attention):
         """segment-anything's Attention whose forward runs fused SDPA (module docstring of tensoradapt.sam.attention)."""
 
-        forward = folded_rel_pos_attention
+        _get_rel_pos = staticmethod(image_encoder.get_rel_pos)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return folded_rel_pos_attention(self, x, self._get_rel_pos)
 
     return FoldedRelPosAttention
 

@@ -20,7 +20,7 @@ from ..deltas import INITS, parse_ranks
 from ..layers import qkv_rows
 from ._import import sam_modeling
 from .attention import ATTENTIONS
-from .decomps import DECOMPS, NO_DELTA, TASK_AGNOSTIC, default_ranks
+from .decomps import NO_DELTA, default_ranks, is_task_agnostic, msam_decomps
 
 __all__ = ["SamConfig", "SAM_CONFIGS", "MODEL_TYPES", "get_sam_config", "build_sam", "MSamConfig"]
 
@@ -222,8 +222,8 @@ class MSamConfig:
         if not isinstance(self.sam, SamConfig):
             raise TypeError(f"sam must be a SamConfig, got {type(self.sam).__name__}")
         self.tasks = _check_tasks(self.tasks)
-        if self.decomp not in DECOMPS:
-            raise ValueError(f"decomp must be one of {list(DECOMPS)}, got {self.decomp!r}")
+        if self.decomp not in msam_decomps():
+            raise ValueError(f"decomp must be one of {list(msam_decomps())}, got {self.decomp!r}")
         if self.decomp in NO_DELTA:
             if self.ranks is not None:
                 raise ValueError(
@@ -259,7 +259,7 @@ class MSamConfig:
     @property
     def task_agnostic(self) -> bool:
         """True when the encoder is the same for every task (it then runs once per batch)."""
-        return self.decomp in TASK_AGNOSTIC
+        return is_task_agnostic(self.decomp)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
