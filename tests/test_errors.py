@@ -46,7 +46,7 @@ def test_task_rank_may_exceed_the_number_of_tasks():
 
 @pytest.mark.parametrize("cls,ranks", [(TuckerDelta, (4, 4)), (TuckerDelta, 4), (TTDelta, (1, 2, 3))])
 def test_wrong_number_of_ranks(cls, ranks):
-    with pytest.raises(ValueError, match="ranks must be"):
+    with pytest.raises(ValueError, match=f"ranks for {cls.decomp} must be {len(cls.rank_names)} value"):
         cls((3, 8, 6), ranks)
 
 

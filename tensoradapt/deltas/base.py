@@ -106,13 +106,37 @@ class TaskDelta(nn.Module, ABC):
         """Width of the bottleneck the input is projected to (LoRA's `r`, used for alpha / rank)."""
 
     def _validate_ranks(self, ranks):
-        """The normalised ranks (an int for one rank, else a tuple), or an error naming `ranks`.
+        """The normalised ranks (`normalize_ranks`), or an error naming `ranks`.
 
         Subclasses extend this with their bounds.
         """
-        if len(self.rank_names) == 1:
-            return self._single_rank(ranks, self.rank_names[0])
-        return self._rank_tuple(ranks, len(self.rank_names), f"({', '.join(self.rank_names)})")
+        return type(self).normalize_ranks(ranks)
+
+    @classmethod
+    def normalize_ranks(cls, ranks) -> int | tuple[int, ...]:
+        """`ranks` as this class takes them, from an int, a sequence or a CLI string ("4,32,32"): an int for
+        one-rank decompositions, else a tuple of `len(rank_names)` positive ints. Errors name the decomposition
+        and its rank names; bounds that depend on the shape are the constructor's."""
+        names = cls.rank_names
+        arity, listed = len(names), ",".join(names)
+        if isinstance(ranks, str):
+            try:
+                ranks = tuple(int(v) for v in ranks.replace(" ", "").split(",") if v != "")
+            except ValueError:
+                raise ValueError(
+                    f"ranks for {cls.decomp} must be {arity} comma-separated ints ({listed}), got {ranks!r}"
+                ) from None
+        if isinstance(ranks, int) and not isinstance(ranks, bool) or isinstance(ranks, Tensor) and ranks.dim() == 0:
+            ranks = (ranks,)
+        try:
+            values = tuple(ranks)
+        except TypeError:
+            raise TypeError(f"ranks for {cls.decomp} must be {arity} int(s) ({listed}), got {ranks!r}") from None
+        if len(values) != arity:
+            raise ValueError(f"ranks for {cls.decomp} must be {arity} value(s) ({listed}), got {values}")
+        if arity == 1:
+            return cls._positive_int(values[0], "ranks")
+        return tuple(cls._positive_int(r, f"ranks[{k}]") for k, r in enumerate(values))
 
     def _fit(self, dense: Tensor, options: FitOptions) -> None:
         """Set the factors to fit `dense: (T, d_out, d_in)` (float64, CPU; no autograd, tensorly on numpy)."""
@@ -264,28 +288,8 @@ class TaskDelta(nn.Module, ABC):
             raise TypeError(f"{name} must be a positive int, got {value!r}")
         value = int(value)
         if value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+            raise ValueError(f"{name} must be > 0 (a positive int), got {value}")
         return value
-
-    def _single_rank(self, ranks, name: str = "r") -> int:
-        """One positive int rank (a 1-tuple is accepted)."""
-        if isinstance(ranks, (tuple, list)):
-            if len(ranks) != 1:
-                raise ValueError(f"ranks of {type(self).__name__} must be one int {name}, got {tuple(ranks)}")
-            ranks = ranks[0]
-        return self._positive_int(ranks, "ranks")
-
-    @staticmethod
-    def _rank_tuple(ranks, n: int, names: str) -> tuple[int, ...]:
-        if isinstance(ranks, int) and not isinstance(ranks, bool):
-            raise ValueError(f"ranks must be a tuple {names} of {n} ints, got the single int {ranks}")
-        try:
-            ranks = tuple(ranks)
-        except TypeError:
-            raise TypeError(f"ranks must be a tuple {names} of {n} ints, got {ranks!r}") from None
-        if len(ranks) != n:
-            raise ValueError(f"ranks must be {names} ({n} values), got {len(ranks)}: {ranks}")
-        return tuple(TaskDelta._positive_int(r, f"ranks[{k}]") for k, r in enumerate(ranks))
 
     @staticmethod
     def _bound(value: int, bound: int, what: str) -> None:

@@ -58,26 +58,7 @@ def make_delta(decomp: str, shape: Sequence[int], ranks, init: str = "paper") ->
 def parse_ranks(decomp: str, ranks: str | int | Sequence[int]) -> int | tuple[int, ...]:
     """Normalise ranks for `decomp` from a CLI string ("4,32,32"), an int or a sequence; check the arity.
 
-    Returns an int for one-rank decompositions (cp, lora, shared-lora) and a tuple otherwise.
+    Returns an int for one-rank decompositions (cp, lora, shared-lora) and a tuple otherwise
+    (`TaskDelta.normalize_ranks` of the class registered as `decomp`).
     """
-    names = delta_class(decomp).rank_names
-    arity, listed = len(names), ",".join(names)
-    if isinstance(ranks, str):
-        try:
-            values = tuple(int(v) for v in ranks.replace(" ", "").split(",") if v != "")
-        except ValueError:
-            raise ValueError(
-                f"ranks for {decomp} must be {arity} comma-separated ints ({listed}), got {ranks!r}"
-            ) from None
-    elif isinstance(ranks, int) and not isinstance(ranks, bool):
-        values = (ranks,)
-    else:
-        try:
-            values = tuple(ranks)
-        except TypeError:
-            raise TypeError(f"ranks for {decomp} must be {arity} int(s) ({listed}), got {ranks!r}") from None
-    if len(values) != arity:
-        raise ValueError(f"ranks for {decomp} must be {arity} value(s) ({listed}), got {values}")
-    if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
-        raise ValueError(f"ranks for {decomp} must be positive ints ({listed}), got {values}")
-    return values[0] if arity == 1 else values
+    return delta_class(decomp).normalize_ranks(ranks)
