@@ -14,8 +14,8 @@ from typing import Callable, Iterable, Sequence
 from torch import Tensor, nn
 
 from ._utils import atomic_path, atomic_write_json, dataclass_kwargs, load_state_subset
-from .deltas import INITS, delta_class, make_delta
-from .layers import TaskLinear, qkv_rows, task_deltas, task_linears
+from .deltas import check_init, delta_class, make_delta
+from .layers import TaskLinear, check_dropout, qkv_rows, task_deltas, task_linears
 from .routing import enable_task_kwarg, set_task, task_scope
 
 __all__ = [
@@ -50,10 +50,8 @@ class AdapterConfig:
         delta_class(self.decomp)  # a registered decomposition, or an error listing them
         if isinstance(self.num_tasks, bool) or not isinstance(self.num_tasks, int) or self.num_tasks <= 0:
             raise ValueError(f"num_tasks must be a positive int, got {self.num_tasks!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_init(self.init)
+        self.dropout = check_dropout(self.dropout)
         if isinstance(self.ranks, list):
             self.ranks = tuple(self.ranks)
 

@@ -9,7 +9,14 @@ from torch.nn import functional as F
 
 from .deltas import TaskDelta, TaskIndex, check_task_index
 
-__all__ = ["TaskLinear", "qkv_rows", "task_linears", "task_deltas"]
+__all__ = ["TaskLinear", "qkv_rows", "task_linears", "task_deltas", "check_dropout"]
+
+
+def check_dropout(dropout: float) -> float:
+    """`dropout` as a float if it is a number in [0, 1), else a ValueError naming it."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    return float(dropout)
 
 QKV_PARTS = "qkv"
 
@@ -87,8 +94,7 @@ class TaskLinear(nn.Module):
                 f"{base.in_features}) for {'all' if rows is None else len(rows)} rows of "
                 f"Linear({base.in_features}, {base.out_features})"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        dropout = check_dropout(dropout)
         if scale is None:
             scale = 1.0 if alpha is None else alpha / delta.rank
         self.base = base

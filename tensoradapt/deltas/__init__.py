@@ -5,7 +5,7 @@ and `DECOMPS` list what is registered when they are read.
 """
 from __future__ import annotations
 
-from .base import INITS, ORTHOGONALITY_TERMS, PAPER_WIDTH, TaskDelta
+from .base import INITS, ORTHOGONALITY_TERMS, PAPER_WIDTH, TaskDelta, check_init
 from .registry import DELTA_CLASSES, delta_class, make_delta, parse_ranks, register_delta, unregister_delta
 from .task_index import TaskIndex, check_task_index, checked_ids_on
 
@@ -17,7 +17,7 @@ from .lora import LoRADelta, SharedLoRADelta
 
 __all__ = [
     "TaskDelta", "TaskIndex", "CPDelta", "TuckerDelta", "TTDelta", "LoRADelta", "SharedLoRADelta",
-    "DELTA_CLASSES", "DECOMPS", "INITS", "ORTHOGONALITY_TERMS", "PAPER_WIDTH", "make_delta", "parse_ranks",
+    "DELTA_CLASSES", "DECOMPS", "INITS", "check_init", "ORTHOGONALITY_TERMS", "PAPER_WIDTH", "make_delta", "parse_ranks",
     "check_task_index", "checked_ids_on", "delta_class", "register_delta", "unregister_delta",
 ]
 

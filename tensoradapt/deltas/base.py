@@ -27,9 +27,16 @@ from ..fit import FitOptions, check_dense, relative_error, tensorly_numpy
 from .registry import register_delta
 from .task_index import TaskIndex, check_task_index
 
-__all__ = ["TaskDelta", "TaskIndex", "INITS", "ORTHOGONALITY_TERMS", "PAPER_WIDTH", "check_task_index"]
+__all__ = ["TaskDelta", "TaskIndex", "INITS", "check_init", "ORTHOGONALITY_TERMS", "PAPER_WIDTH", "check_task_index"]
 
 INITS = ("paper", "orthonormal")
+
+
+def check_init(init: str) -> str:
+    """`init` if it is one of `INITS`, else a ValueError naming it (used by every config that takes one)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return init
 #: which factor matrices the orthogonality penalty covers: the paper's code's set, or every factor
 ORTHOGONALITY_TERMS = ("paper", "all")
 #: model widths from here up get a class's `paper_ranks` by default, narrower ones its `narrow_ranks`
@@ -69,8 +76,7 @@ class TaskDelta(nn.Module, ABC):
         shape = tuple(int(s) for s in shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
         if not isinstance(shape, tuple) or len(shape) != 3 or any(s <= 0 for s in shape):
             raise ValueError(f"shape must be (T, d_out, d_in) with positive sizes, got {shape!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        check_init(init)
         self.shape: tuple[int, int, int] = shape
         self.num_tasks, self.d_out, self.d_in = shape
         self.ranks = self._validate_ranks(ranks)

@@ -13,7 +13,6 @@ Every meter accumulates *sufficient statistics* over the whole set in one float6
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 

@@ -16,8 +16,8 @@ from typing import Any
 from torch import nn
 
 from .._utils import dataclass_kwargs
-from ..deltas import INITS, parse_ranks
-from ..layers import qkv_rows
+from ..deltas import check_init, parse_ranks
+from ..layers import check_dropout, qkv_rows
 from ._import import sam_modeling
 from .attention import ATTENTIONS
 from .decomps import NO_DELTA, default_ranks, is_task_agnostic, msam_decomps
@@ -239,13 +239,10 @@ class MSamConfig:
         if not _is_number(self.scale) or not math.isfinite(self.scale):
             raise ValueError(f"scale must be a finite number, got {self.scale!r}")
         self.scale = float(self.scale)
-        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        self.dropout = float(self.dropout)
+        self.dropout = check_dropout(self.dropout)
         if not isinstance(self.train_norms, bool):
             raise TypeError(f"train_norms must be a bool, got {self.train_norms!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        check_init(self.init)
         if not isinstance(self.grad_checkpointing, bool):
             raise TypeError(f"grad_checkpointing must be a bool, got {self.grad_checkpointing!r}")
         if self.attention not in ATTENTIONS:

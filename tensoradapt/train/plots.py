@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from .jsonl import read_jsonl
