@@ -40,12 +40,14 @@ from torch.nn import functional as F
 
 from ._import import sam_modeling
 from .attention import set_attention
-from .config import MSamConfig, SamConfig, get_sam_config
+from .config import MSamConfig, SamConfig, get_model_config
 from .encoder import encoder_norms, run_encoder
 from .multitask import MultiTaskSAMBase, encode_task_batch
+from .sam2_config import Sam2HieraConfig
+from .sam2_model import MultiTaskSAM2
 from .weights import NO_MASK_KEY, PE_KEY, SamWeightsSource, fit_sam_state_dict, read_sam_checkpoint
 
-__all__ = ["MultiTaskSAM", "build_msam"]
+__all__ = ["MultiTaskSAM", "build_msam", "msam_from_config"]
 
 
 class MultiTaskSAM(MultiTaskSAMBase):
@@ -171,8 +173,14 @@ class MultiTaskSAM(MultiTaskSAMBase):
 
 
 # --------------------------------------------------------------------------------------------- builder
+def msam_from_config(msam_config: MSamConfig, checkpoint: SamWeightsSource | None = None) -> MultiTaskSAMBase:
+    """The mSAM a config describes: `MultiTaskSAM2` for a SAM 2 architecture, else `MultiTaskSAM`."""
+    cls = MultiTaskSAM2 if isinstance(msam_config.sam, Sam2HieraConfig) else MultiTaskSAM
+    return cls(msam_config, checkpoint)
+
+
 def build_msam(
-    model_type: str | SamConfig,
+    model_type: str | SamConfig | Sam2HieraConfig,
     tasks: Mapping[str, int],
     checkpoint: SamWeightsSource | None = None,
     decomp: str = "tucker",
@@ -185,14 +193,18 @@ def build_msam(
     init: str = "paper",
     grad_checkpointing: bool = False,
     attention: str = "sdpa",
-) -> MultiTaskSAM:
+) -> MultiTaskSAMBase:
     """Build an mSAM (see the module docstring for what it computes and what trains).
 
     Args:
-        model_type: "vit_b", "vit_l", "vit_h" (official dimensions), "tiny", or a `SamConfig`.
+        model_type: "vit_b", "vit_l", "vit_h" (official dimensions), "tiny", or a `SamConfig`: an mSAM on
+            segment-anything (`MultiTaskSAM`); "sam2_hiera_tiny", "sam2_hiera_small", "sam2_hiera_base_plus",
+            "sam2_hiera_large", "sam2_cpu" or a `Sam2HieraConfig`: an mSAM-2 on transformers' SAM 2
+            (`MultiTaskSAM2`, see `tensoradapt.sam.sam2_model`).
         tasks: ordered task name -> output channels, e.g. {"semantic": 13, "depth": 1, "normal": 3}.
         checkpoint: an official-format SAM state dict (a `torch.save`d file, read with weights_only=True,
-            or a mapping); None keeps the random init (one random SAM decoder copied into every task).
+            or a mapping); for SAM 2 a `Sam2Model.save_pretrained` folder or its state dict. None keeps the
+            random init (one random SAM decoder copied into every task).
         decomp: "cp", "tucker" (TA-LoRA), "tt", "lora" (LoRA-STL), "shared-lora" (LoRA-HPS), "full"
             (encoder unfrozen, no delta), "frozen" (no delta, encoder frozen), "none" (no delta; LayerNorms
             train if train_norms).
@@ -204,16 +216,16 @@ def build_msam(
         scale: delta multiplier (the paper: 0.5). dropout: on the delta's input.
         train_norms: also train the encoder's LayerNorms (the paper does).
         image_size: encoder input side S (default the config's); a checkpoint of another size has its
-            position tables interpolated.
+            position tables interpolated (SAM 2: S a multiple of 32; Hiera resizes its own at run time).
         init: "paper" (zero core, N(0, 1) factors) or "orthonormal"; both start at a zero delta.
         grad_checkpointing: recompute encoder-block activations in backward (vit_l / vit_h memory).
         attention: "sdpa" (default: fused attention, relative positions folded into q / k, no N x N matrix
-            stored) or "sam" (segment-anything's attention forward).
+            stored) or "sam" (segment-anything's attention forward; for SAM 2 transformers' "eager" kernel).
 
     Build on the meta device (`with torch.device("meta"): build_msam("vit_h", ...)`) to count parameters
     without allocating weights.
     """
-    sam = get_sam_config(model_type, image_size)
+    sam = get_model_config(model_type, image_size)
     source = None
     if checkpoint is not None and not isinstance(checkpoint, Mapping):
         source = str(Path(checkpoint).expanduser().resolve())
@@ -222,4 +234,4 @@ def build_msam(
         qkv=qkv, scale=scale, dropout=dropout, train_norms=train_norms, init=init, checkpoint=source,
         grad_checkpointing=grad_checkpointing, attention=attention,
     )
-    return MultiTaskSAM(config, checkpoint)
+    return msam_from_config(config, checkpoint)

@@ -146,17 +146,17 @@ class Sam2HieraConfig:
         config.mask_decoder_config._attn_implementation = _HF_ATTENTION[attention]  # as Sam2Model does
         return config
 
-    def build_image_encoder(self, attention: str = "sdpa") -> nn.Module:
-        """transformers' `Sam2VisionModel` (Hiera trunk `backbone` + FPN `neck`), randomly initialised."""
+    def build_image_encoder(self) -> nn.Module:
+        """transformers' `Sam2VisionModel` (Hiera trunk `backbone` + FPN `neck`), randomly initialised, "sdpa"."""
         from transformers import Sam2VisionModel
 
-        return Sam2VisionModel(self.hf_config(attention).vision_config)
+        return Sam2VisionModel(self.hf_config().vision_config)
 
-    def build_mask_decoder(self, attention: str = "sdpa") -> nn.Module:
-        """transformers' `Sam2MaskDecoder` (with its own config object), randomly initialised."""
+    def build_mask_decoder(self) -> nn.Module:
+        """transformers' `Sam2MaskDecoder` (with its own config object), randomly initialised, "sdpa"."""
         from transformers.models.sam2.modeling_sam2 import Sam2MaskDecoder
 
-        return Sam2MaskDecoder(self.hf_config(attention).mask_decoder_config)
+        return Sam2MaskDecoder(self.hf_config().mask_decoder_config)
 
     def build_pe_layer(self) -> nn.Module:
         """transformers' `Sam2PositionalEmbedding`: the Gaussian matrix (2, D/2) of the image positional encoding."""
