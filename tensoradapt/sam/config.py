@@ -1,7 +1,8 @@
 """Configs: the SAM architecture (three official sizes and a tiny one that trains on a CPU) and an mSAM's.
 
-`SamConfig` builds segment-anything's own modules; `MSamConfig` is everything needed to rebuild an mSAM
-(architecture, tasks, decomposition, ranks, ...), validated on construction and round-tripped through JSON.
+`SamConfig` builds segment-anything's own modules (SAM 2's architecture is `sam2_config.Sam2HieraConfig`);
+`MSamConfig` is everything needed to rebuild an mSAM on either (architecture, tasks, decomposition, ranks,
+...), validated on construction and round-tripped through JSON.
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from ..layers import check_dropout, qkv_rows
 from ._import import sam_modeling
 from .attention import ATTENTIONS
 from .decomps import NO_DELTA, default_ranks, is_task_agnostic, msam_decomps
+from .sam2_config import SAM2_CONFIGS, Sam2HieraConfig, get_sam2_config
 
-__all__ = ["SamConfig", "SAM_CONFIGS", "MODEL_TYPES", "get_sam_config", "build_sam", "MSamConfig"]
+__all__ = [
+    "SamConfig", "SAM_CONFIGS", "MODEL_TYPES", "get_sam_config", "get_model_config", "build_sam", "MSamConfig",
+]
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,23 @@ def get_sam_config(model_type: str | SamConfig, image_size: int | None = None) -
     return cfg
 
 
+def get_model_config(
+    model_type: str | SamConfig | Sam2HieraConfig, image_size: int | None = None
+) -> SamConfig | Sam2HieraConfig:
+    """The architecture `build_msam` builds for a name: a `SamConfig` (`MODEL_TYPES`) or a SAM 2
+    `Sam2HieraConfig` (`SAM2_MODEL_TYPES`), optionally at another image size."""
+    if isinstance(model_type, Sam2HieraConfig) or (isinstance(model_type, str) and model_type in SAM2_CONFIGS):
+        return get_sam2_config(model_type, image_size)
+    if isinstance(model_type, SamConfig) or model_type in SAM_CONFIGS:
+        return get_sam_config(model_type, image_size)
+    raise ValueError(f"model_type must be one of {[*SAM_CONFIGS, *SAM2_CONFIGS]}, got {model_type!r}")
+
+
+def _arch_from_dict(data: Mapping[str, Any]) -> SamConfig | Sam2HieraConfig:
+    """A saved architecture: SAM 2's is told apart by its per-stage widths."""
+    return (Sam2HieraConfig if "embed_dim_per_stage" in data else SamConfig).from_dict(data)
+
+
 def build_sam(config: str | SamConfig) -> nn.Module:
     """The original promptable `segment_anything.modeling.Sam` for a config (random init, eval mode).
 
@@ -187,7 +208,8 @@ class MSamConfig:
     """Everything needed to rebuild an mSAM (saved as JSON next to its weights by `save_msam`).
 
     Attributes:
-        sam: the SAM architecture (`SamConfig`; `image_size` is the encoder's input side S).
+        sam: the SAM architecture (`SamConfig`, or `Sam2HieraConfig` for an mSAM-2; `image_size` is the
+            encoder's input side S).
         tasks: ordered task name -> output channels C_t.
         decomp: one of `DECOMPS`.
         ranks: the delta's ranks, resolved (None for the `NO_DELTA` baselines).
@@ -201,9 +223,10 @@ class MSamConfig:
             them (activation checkpointing; trades ~1 extra encoder forward for memory).
         attention: the encoder's attention, "sdpa" (fused, never stores the N x N matrix; see
             `tensoradapt.sam.attention`) or "sam" (segment-anything's own forward). Equal to float tolerance.
+            On SAM 2: transformers' "sdpa" or its "eager" reference kernel, in the encoder and decoders.
     """
 
-    sam: SamConfig
+    sam: SamConfig | Sam2HieraConfig
     tasks: dict[str, int]
     decomp: str = "tucker"
     ranks: int | tuple[int, ...] | None = None
@@ -218,9 +241,9 @@ class MSamConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.sam, Mapping):
-            self.sam = SamConfig.from_dict(self.sam)
-        if not isinstance(self.sam, SamConfig):
-            raise TypeError(f"sam must be a SamConfig, got {type(self.sam).__name__}")
+            self.sam = _arch_from_dict(self.sam)
+        if not isinstance(self.sam, (SamConfig, Sam2HieraConfig)):
+            raise TypeError(f"sam must be a SamConfig or a Sam2HieraConfig, got {type(self.sam).__name__}")
         self.tasks = _check_tasks(self.tasks)
         if self.decomp not in msam_decomps():
             raise ValueError(f"decomp must be one of {list(msam_decomps())}, got {self.decomp!r}")

@@ -25,6 +25,9 @@ What trains (`requires_grad`, set by the builder):
 - "full" unfreezes the whole encoder (no deltas); "frozen" adds no delta and freezes the whole encoder,
   LayerNorms included (`train_norms` does not apply); "none" adds no delta but honours `train_norms`
   (LayerNorm-only encoder tuning).
+
+The task bookkeeping, the trainable set and the forward above are `multitask.MultiTaskSAMBase`'s (shared with
+mSAM-2); this module supplies segment-anything's modules, weights, pre- / post-processing and decoder call.
 """
 from __future__ import annotations
 
@@ -35,83 +38,43 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..inject import adapt, mark_trainable, task_deltas
 from ._import import sam_modeling
 from .attention import set_attention
-from .config import MSamConfig, SamConfig, get_sam_config
-from .encoder import encode_tasks, encoder_norms
+from .config import MSamConfig, SamConfig, get_model_config
+from .encoder import encoder_norms, run_encoder
+from .multitask import MultiTaskSAMBase, encode_task_batch
+from .sam2_config import Sam2HieraConfig
+from .sam2_model import MultiTaskSAM2
 from .weights import NO_MASK_KEY, PE_KEY, SamWeightsSource, fit_sam_state_dict, read_sam_checkpoint
 
-__all__ = ["MultiTaskSAM", "build_msam"]
+__all__ = ["MultiTaskSAM", "build_msam", "msam_from_config"]
 
 
-class MultiTaskSAM(nn.Module):
+class MultiTaskSAM(MultiTaskSAMBase):
     """SAM without a prompt encoder: one (adapted) image encoder, per-task no-mask embeddings and decoders.
 
     Build it with `build_msam`; `MultiTaskSAM(msam_config, checkpoint)` does the same from a config.
 
     Modules: `image_encoder` (segment_anything's ImageEncoderViT; its blocks' `attn.qkv` become
     `TaskLinear`s), `pe_layer` (PositionEmbeddingRandom), `decoders` (name -> MaskDecoder),
-    `no_mask_embeds` (name -> Parameter (C_t, D)).
+    `no_mask_embeds` (name -> Parameter (C_t, D)). The forward is `MultiTaskSAMBase.forward`.
     """
 
     def __init__(self, msam_config: MSamConfig, checkpoint: SamWeightsSource | None = None) -> None:
-        super().__init__()
-        if not isinstance(msam_config, MSamConfig):
-            raise TypeError(f"msam_config must be an MSamConfig, got {type(msam_config).__name__}")
-        self.msam_config = msam_config
-        cfg = self.config = msam_config.sam
+        super().__init__(msam_config, SamConfig)
+        cfg = self.config
         m = sam_modeling()
-        dim = cfg.prompt_embed_dim
         self.image_encoder = cfg.build_image_encoder()
-        self.pe_layer = m.prompt_encoder.PositionEmbeddingRandom(dim // 2)
-        self.decoders = nn.ModuleDict({name: cfg.build_mask_decoder() for name in msam_config.tasks})
-        no_mask = torch.randn(1, dim)  # SAM's nn.Embedding init, shared by every channel as a checkpoint's is
-        self.no_mask_embeds = nn.ParameterDict({
-            name: nn.Parameter(no_mask.expand(c, dim).clone()) for name, c in msam_config.tasks.items()
-        })
-        first = next(iter(self.decoders.values()))
-        for dec in self.decoders.values():  # one SAM decoder copied into every task, as from a checkpoint
-            if dec is not first:
-                dec.load_state_dict(first.state_dict())
+        self.pe_layer = m.prompt_encoder.PositionEmbeddingRandom(cfg.prompt_embed_dim // 2)
+        self._build_task_heads(cfg.build_mask_decoder, cfg.prompt_embed_dim)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1), persistent=False)
-        self._task_index = {name: i for i, name in enumerate(msam_config.tasks)}
 
         if checkpoint is not None:
             self.load_sam_checkpoint(checkpoint)
         set_attention(self.image_encoder, msam_config.attention)
-        if msam_config.has_delta:
-            c = msam_config
-            adapt(
-                self.image_encoder, targets=[f"blocks.{i}.attn.qkv" for i in range(cfg.encoder_depth)],
-                decomp=c.decomp, num_tasks=len(c.tasks), ranks=c.ranks, scale=c.scale, dropout=c.dropout,
-                init=c.init, qkv=c.qkv,
-            )
+        self._adapt_encoder([f"blocks.{i}.attn.qkv" for i in range(cfg.encoder_depth)])
         self.reset_trainable()
-
-    # ----------------------------------------------------------------------------- properties
-    @property
-    def task_names(self) -> list[str]:
-        return list(self.msam_config.tasks)
-
-    @property
-    def task_channels(self) -> dict[str, int]:
-        return dict(self.msam_config.tasks)
-
-    @property
-    def num_tasks(self) -> int:
-        return len(self.msam_config.tasks)
-
-    @property
-    def task_agnostic(self) -> bool:
-        """True when the encoder is the same for every task (it then runs once per batch)."""
-        return self.msam_config.task_agnostic
-
-    @property
-    def image_embedding_size(self) -> tuple[int, int]:
-        g = self.config.grid_size
-        return (g, g)
 
     # ----------------------------------------------------------------------------- weights
     @torch.no_grad()
@@ -123,54 +86,22 @@ class MultiTaskSAM(nn.Module):
         task's decoder, its `no_mask_embed` into every task's C_t embeddings, and the prompt encoder's
         Gaussian PE matrix into `pe_layer`. Errors name the file, the keys and the shapes.
         """
-        if any(True for _ in task_deltas(self)):
-            raise RuntimeError("load_sam_checkpoint must run before the encoder is adapted (qkv wrapped)")
+        self._refuse_if_adapted()
         state, source = read_sam_checkpoint(checkpoint)
         state = fit_sam_state_dict(state, self.config, source)
-        enc = {k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")}
-        dec = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
-        self.image_encoder.load_state_dict(enc, strict=True)
-        for decoder in self.decoders.values():
-            decoder.load_state_dict(dec, strict=True)
+        self._load_plain_state(state, "image_encoder.", state[NO_MASK_KEY])
         self.pe_layer.positional_encoding_gaussian_matrix.copy_(state[PE_KEY])
-        for emb in self.no_mask_embeds.values():
-            emb.copy_(state[NO_MASK_KEY].expand_as(emb))
 
-    def trainable_modules(self) -> list[nn.Module]:
-        """The modules (besides the deltas) whose parameters train, following the module docstring."""
-        c = self.msam_config
-        mods: list[nn.Module] = []
-        for dec in self.decoders.values():
-            mods += [dec.transformer, dec.iou_token, dec.mask_tokens, dec.output_upscaling]
-            mods.append(dec.output_hypernetworks_mlps[0])  # mask token 0's; the IoU head and 1-3 stay frozen
-        if c.decomp == "full":
-            mods.append(self.image_encoder)
-        elif c.train_norms and c.decomp != "frozen":
-            mods += encoder_norms(self.image_encoder)
-        return mods
+    def trained_decoder_parts(self, decoder: nn.Module) -> list[nn.Module]:
+        """All but the IoU head and the hypernetwork MLPs of mask tokens 1-3 (mSAM reads mask token 0)."""
+        d = decoder
+        return [d.transformer, d.iou_token, d.mask_tokens, d.output_upscaling, d.output_hypernetworks_mlps[0]]
 
-    def reset_trainable(self) -> int:
-        """Set `requires_grad` as the builder does (see the module docstring); return #trainable."""
-        ids = {id(p) for mod in self.trainable_modules() for p in mod.parameters()}
-        ids |= {id(p) for p in self.no_mask_embeds.values()}
-        return mark_trainable(self, extra=lambda _n, p: id(p) in ids)
+    def encoder_norms(self) -> list[nn.Module]:
+        """Every block's norm1 / norm2 and the neck's two LayerNorm2d."""
+        return encoder_norms(self.image_encoder)
 
     # ----------------------------------------------------------------------------- forward pieces
-    def _task_ids(self, tasks: Sequence[str] | str | None) -> list[str]:
-        if tasks is None:
-            return self.task_names
-        if isinstance(tasks, str):
-            tasks = [tasks]
-        names = list(tasks)
-        unknown = [t for t in names if t not in self._task_index]
-        if unknown:
-            raise KeyError(f"unknown task(s) {unknown} in tasks; the model has {self.task_names}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"tasks lists a task twice: {names}")
-        if not names:
-            raise ValueError("tasks must name at least one task (or be None for all)")
-        return names
-
     def preprocess(self, images: Tensor, normalize: bool = True) -> tuple[Tensor, tuple[int, int]]:
         """(B, 3, H, W) in [0, 1] -> the encoder input (B, 3, S, S) float32 and the resized size (h, w).
 
@@ -178,11 +109,7 @@ class MultiTaskSAM(nn.Module):
         mean / std (0-255 scale; the [0, 1] images are scaled by 255 first) and the image is zero-padded
         at the bottom / right. With `normalize=False` the images are taken as already normalised.
         """
-        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}")
-        if not images.is_floating_point():
-            raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+        self._check_images(images)
         H, W = images.shape[-2:]
         S = self.config.image_size
         factor = S / max(H, W)
@@ -200,13 +127,11 @@ class MultiTaskSAM(nn.Module):
         """x (B, 3, S, S) -> (B, D, g, g) if task-agnostic or one task, else task-major (T'*B, D, g, g)."""
         c = self.msam_config
         recompute = c.grad_checkpointing and self.training and torch.is_grad_enabled()
-        return encode_tasks(self.image_encoder, x, task_indices, c.has_delta, c.task_agnostic, recompute)
 
-    def encode(self, images: Tensor, task: str, normalize: bool = True) -> Tensor:
-        """Image embeddings of `task`: (B, 3, H, W) in [0, 1] -> (B, D, g, g) (D = prompt_embed_dim)."""
-        (name,) = self._task_ids([task])
-        x, _ = self.preprocess(images, normalize)
-        return self._encode(x, [self._task_index[name]])
+        def run(images: Tensor, repeats: int) -> Tensor:
+            return run_encoder(self.image_encoder, images, repeats=repeats, recompute=recompute)
+
+        return encode_task_batch(self.image_encoder, run, x, task_indices, c.has_delta, c.task_agnostic)
 
     def image_pe(self, device: torch.device | None = None) -> Tensor:
         """The dense positional encoding of the embedding grid, (1, D, g, g), float32 (outside autocast)."""
@@ -246,35 +171,16 @@ class MultiTaskSAM(nn.Module):
             masks = F.interpolate(masks, size=tuple(size), mode="bilinear", align_corners=False)
         return masks
 
-    def forward(
-        self, images: Tensor, tasks: Sequence[str] | None = None, normalize: bool = True
-    ) -> dict[str, Tensor]:
-        """(B, 3, H, W) images in [0, 1] -> {task: logits (B, C_t, H, W)} for `tasks` (default all).
-
-        The encoder runs once on a mixed-task batch of T'*B samples (T' requested tasks), or once on B
-        samples when it is task-agnostic; each task's decoder then runs once on B*C_t pairs.
-        """
-        names = self._task_ids(tasks)
-        size = tuple(images.shape[-2:])
-        x, resized = self.preprocess(images, normalize)
-        B = x.shape[0]
-        emb = self._encode(x, [self._task_index[n] for n in names])
-        pe = self.image_pe(x.device)
-        low = []
-        for k, name in enumerate(names):
-            e = emb if emb.shape[0] == B else emb[k * B:(k + 1) * B]
-            low.append(self.decode(name, e, pe))
-        full = self.postprocess(torch.cat(low, dim=1), resized, size)  # one resize for all tasks' channels
-        return dict(zip(names, full.split([m.shape[1] for m in low], dim=1)))
-
-    def extra_repr(self) -> str:
-        c = self.msam_config
-        return f"model_type={self.config.name!r}, tasks={c.tasks}, decomp={c.decomp!r}, ranks={c.ranks}"
-
 
 # --------------------------------------------------------------------------------------------- builder
+def msam_from_config(msam_config: MSamConfig, checkpoint: SamWeightsSource | None = None) -> MultiTaskSAMBase:
+    """The mSAM a config describes: `MultiTaskSAM2` for a SAM 2 architecture, else `MultiTaskSAM`."""
+    cls = MultiTaskSAM2 if isinstance(msam_config.sam, Sam2HieraConfig) else MultiTaskSAM
+    return cls(msam_config, checkpoint)
+
+
 def build_msam(
-    model_type: str | SamConfig,
+    model_type: str | SamConfig | Sam2HieraConfig,
     tasks: Mapping[str, int],
     checkpoint: SamWeightsSource | None = None,
     decomp: str = "tucker",
@@ -287,14 +193,18 @@ def build_msam(
     init: str = "paper",
     grad_checkpointing: bool = False,
     attention: str = "sdpa",
-) -> MultiTaskSAM:
+) -> MultiTaskSAMBase:
     """Build an mSAM (see the module docstring for what it computes and what trains).
 
     Args:
-        model_type: "vit_b", "vit_l", "vit_h" (official dimensions), "tiny", or a `SamConfig`.
+        model_type: "vit_b", "vit_l", "vit_h" (official dimensions), "tiny", or a `SamConfig`: an mSAM on
+            segment-anything (`MultiTaskSAM`); "sam2_hiera_tiny", "sam2_hiera_small", "sam2_hiera_base_plus",
+            "sam2_hiera_large", "sam2_cpu" or a `Sam2HieraConfig`: an mSAM-2 on transformers' SAM 2
+            (`MultiTaskSAM2`, see `tensoradapt.sam.sam2_model`).
         tasks: ordered task name -> output channels, e.g. {"semantic": 13, "depth": 1, "normal": 3}.
         checkpoint: an official-format SAM state dict (a `torch.save`d file, read with weights_only=True,
-            or a mapping); None keeps the random init (one random SAM decoder copied into every task).
+            or a mapping); for SAM 2 a `Sam2Model.save_pretrained` folder or its state dict. None keeps the
+            random init (one random SAM decoder copied into every task).
         decomp: "cp", "tucker" (TA-LoRA), "tt", "lora" (LoRA-STL), "shared-lora" (LoRA-HPS), "full"
             (encoder unfrozen, no delta), "frozen" (no delta, encoder frozen), "none" (no delta; LayerNorms
             train if train_norms).
@@ -306,16 +216,16 @@ def build_msam(
         scale: delta multiplier (the paper: 0.5). dropout: on the delta's input.
         train_norms: also train the encoder's LayerNorms (the paper does).
         image_size: encoder input side S (default the config's); a checkpoint of another size has its
-            position tables interpolated.
+            position tables interpolated (SAM 2: S a multiple of 32; Hiera resizes its own at run time).
         init: "paper" (zero core, N(0, 1) factors) or "orthonormal"; both start at a zero delta.
         grad_checkpointing: recompute encoder-block activations in backward (vit_l / vit_h memory).
         attention: "sdpa" (default: fused attention, relative positions folded into q / k, no N x N matrix
-            stored) or "sam" (segment-anything's attention forward).
+            stored) or "sam" (segment-anything's attention forward; for SAM 2 transformers' "eager" kernel).
 
     Build on the meta device (`with torch.device("meta"): build_msam("vit_h", ...)`) to count parameters
     without allocating weights.
     """
-    sam = get_sam_config(model_type, image_size)
+    sam = get_model_config(model_type, image_size)
     source = None
     if checkpoint is not None and not isinstance(checkpoint, Mapping):
         source = str(Path(checkpoint).expanduser().resolve())
@@ -324,4 +234,4 @@ def build_msam(
         qkv=qkv, scale=scale, dropout=dropout, train_norms=train_norms, init=init, checkpoint=source,
         grad_checkpointing=grad_checkpointing, attention=attention,
     )
-    return MultiTaskSAM(config, checkpoint)
+    return msam_from_config(config, checkpoint)

@@ -27,7 +27,8 @@ from .._utils import (
 )
 from ..inject import task_linears
 from .config import MSamConfig
-from .model import MultiTaskSAM
+from .model import msam_from_config
+from .multitask import MultiTaskSAMBase
 from .weights import SamWeightsSource
 
 __all__ = ["save_msam", "load_msam", "MSAM_WEIGHTS", "MSAM_CONFIG", "MSAM_FORMAT"]
@@ -47,7 +48,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_msam(model: MultiTaskSAM, directory: str | Path, include_frozen: bool = False) -> Path:
+def save_msam(model: MultiTaskSAMBase, directory: str | Path, include_frozen: bool = False) -> Path:
     """Write `msam.safetensors` and `msam_config.json` into `directory`, each atomically; return it.
 
     The trainable state is the deltas, no-mask embeddings, trained decoder parts, (if trained) the
@@ -56,8 +57,8 @@ def save_msam(model: MultiTaskSAM, directory: str | Path, include_frozen: bool =
     """
     from safetensors.torch import save_file
 
-    if not isinstance(model, MultiTaskSAM):
-        raise TypeError(f"model must be a MultiTaskSAM, got {type(model).__name__}")
+    if not isinstance(model, MultiTaskSAMBase):
+        raise TypeError(f"model must be an mSAM (MultiTaskSAM or MultiTaskSAM2), got {type(model).__name__}")
     merged = sorted({layer.merged_task for _, layer in task_linears(model)} - {None})
     if merged:  # the frozen qkv weights hold a folded delta: the fingerprint would not match on load
         raise RuntimeError(f"the encoder is merged for task {merged}: call tensoradapt.unmerge_adapters(model) first")
@@ -123,11 +124,11 @@ def load_msam(
     directory: str | Path,
     checkpoint: SamWeightsSource | None = _USE_SAVED,
     map_location: str | torch.device = "cpu",
-) -> MultiTaskSAM:
+) -> MultiTaskSAMBase:
     """Rebuild a model saved by `save_msam` and load its tensors (bit-exact; strict on keys and shapes).
 
-    `checkpoint` is the base SAM checkpoint for the frozen weights: by default the path recorded at
-    build time; pass another path (the same weights moved elsewhere) or a state dict. The rebuilt frozen
+    `checkpoint` is the base SAM checkpoint for the frozen weights (for SAM 2 a save_pretrained folder):
+    by default the path recorded at build time; pass another path (the same weights moved elsewhere) or a state dict. The rebuilt frozen
     weights must match the saved fingerprint, else a ValueError names the checkpoint and the tensors.
     Keys or shapes that do not fit the rebuilt model raise `StateMismatchError` naming them.
     """
@@ -144,7 +145,7 @@ def load_msam(
         config.checkpoint = str(Path(base).expanduser().resolve())
     w_path = directory / MSAM_WEIGHTS
     state = _read_weights(w_path, meta["weights_sha256"])
-    model = MultiTaskSAM(config, base)
+    model = msam_from_config(config, base)
     keys = model.state_dict().keys() if saved_all else None  # None: the model's trainable state
     load_state_subset(model, state, keys, source=str(w_path))
     if not saved_all:
