@@ -109,7 +109,7 @@ def test_config_composes_the_train_config_and_the_model_options():
     assert FinetuneConfig().train.epochs == 5 and TrainConfig().epochs == 10  # the recipe's own defaults
     with pytest.raises(TypeError, match="unknown fine-tuning option 'epoch'"):
         FinetuneConfig().updated(epoch=2)
-    with pytest.raises(finetune.UsageError, match="--dropout must be in"):
+    with pytest.raises(finetune.UsageError, match=r"--dropout must be a number in \[0, 1\)"):
         FinetuneConfig(msam=MSamOptions(dropout=1.5))
 
 

@@ -27,7 +27,7 @@ from ..sam.weights import SamCheckpointError
 from ..sam.config import SAM_CONFIGS, SamConfig
 
 __all__ = [
-    "HUB_CONFIG", "HUB_WEIGHTS", "HUB_INDEX", "is_hub_sam_folder", "sam_config_from_hub",
+    "HUB_CONFIG", "HUB_WEIGHTS", "HUB_INDEX", "is_hub_sam_folder", "read_safetensors_folder", "sam_config_from_hub",
     "official_sam_state_dict", "read_hub_sam",
 ]
 
@@ -208,15 +208,27 @@ def is_hub_sam_folder(path: str | Path) -> bool:
     )
 
 
-def _read_safetensors(folder: Path) -> dict[str, Tensor]:
+def read_safetensors_folder(folder: Path, what: str = "SAM") -> dict[str, Tensor]:
+    """The tensors of a `save_pretrained` folder: `model.safetensors`, or every shard its index names.
+
+    Errors name the folder and the file (`FileNotFoundError` with neither file; `SamCheckpointError` for an
+    unreadable one). `what` names the model in messages.
+    """
     from safetensors.torch import load_file
 
     if (folder / HUB_WEIGHTS).is_file():
-        return load_file(str(folder / HUB_WEIGHTS))
-    index = json.loads((folder / HUB_INDEX).read_text())
+        files = [folder / HUB_WEIGHTS]
+    elif (folder / HUB_INDEX).is_file():
+        index = json.loads((folder / HUB_INDEX).read_text())
+        files = [folder / name for name in sorted(set(index.get("weight_map", {}).values()))]
+    else:
+        raise FileNotFoundError(f"{what} checkpoint folder {folder} has neither {HUB_WEIGHTS} nor {HUB_INDEX}")
     state: dict[str, Tensor] = {}
-    for shard in sorted(set(index.get("weight_map", {}).values())):
-        state.update(load_file(str(folder / shard)))
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except Exception as e:  # safetensors' own errors: missing shard, truncated file, unreadable header
+            raise SamCheckpointError(f"cannot read {what} weights {file}: {type(e).__name__}: {e}") from e
     return state
 
 
@@ -233,8 +245,4 @@ def read_hub_sam(folder: str | Path) -> tuple[dict[str, Tensor], SamConfig]:
             f"(or {HUB_INDEX}) as SamModel.save_pretrained writes them (folder={str(folder)!r})"
         )
     config = sam_config_from_hub(path / HUB_CONFIG)
-    try:
-        hub_state = _read_safetensors(path)
-    except Exception as e:  # truncated or foreign files
-        raise SamCheckpointError(f"cannot read the weights in {path}: {type(e).__name__}: {e}") from e
-    return official_sam_state_dict(hub_state), config
+    return official_sam_state_dict(read_safetensors_folder(path)), config

@@ -1,23 +1,20 @@
-"""Running segment-anything's `ImageEncoderViT` with task deltas: all requested tasks in one batch.
+"""Running an adapted encoder's blocks: segment-anything's `ImageEncoderViT` step by step, and one block with
+activation checkpointing that keeps the task routing (shared with mSAM-2's Hiera blocks).
 
-With a task delta in every block, each task sees different image embeddings, so the encoder runs once
-per task; `encode_tasks` does that as one mixed-task batch of T'*B samples, *task-major* (rows
-[k*B, (k+1)*B) are the k-th requested task), routing per-sample task ids to the adapted layers. The
-frozen patch embedding is the same for every task and runs once on the B images.
+With a task delta in every block, each task sees different image embeddings, so the encoder runs once per
+task, as one mixed-task batch of T'*B samples (`multitask.encode_task_batch` routes it); the frozen patch
+embedding is the same for every task and runs once on the B images.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from ..deltas import TaskIndex
-from ..inject import task_linears, task_scope
+from ..inject import task_linears
 from ._import import sam_modeling
 
-__all__ = ["encoder_norms", "encode_tasks", "run_encoder"]
+__all__ = ["encoder_norms", "run_encoder", "run_block"]
 
 
 def encoder_norms(encoder: nn.Module) -> list[nn.Module]:
@@ -26,35 +23,12 @@ def encoder_norms(encoder: nn.Module) -> list[nn.Module]:
     return [m for m in encoder.modules() if isinstance(m, (nn.LayerNorm, norm2d))]
 
 
-def encode_tasks(
-    encoder: nn.Module,
-    x: Tensor,
-    task_indices: Sequence[int],
-    has_delta: bool,
-    task_agnostic: bool,
-    recompute: bool = False,
-) -> Tensor:
-    """x (B, 3, S, S) -> (B, D, g, g) if task-agnostic or one task, else task-major (T'*B, D, g, g).
-
-    `task_indices` are the requested tasks' ids (T' of them); `recompute` turns on activation
-    checkpointing of the blocks. A multi-task batch on a merged encoder is refused (a merged layer would
-    silently apply its one task's weights to every sample).
-    """
-    if not has_delta:
-        return run_encoder(encoder, x, recompute=recompute)
-    if task_agnostic or len(task_indices) == 1:
-        with task_scope(encoder, 0 if task_agnostic else int(task_indices[0])):
-            return run_encoder(encoder, x, recompute=recompute)
-    merged = {layer.merged_task for _, layer in task_linears(encoder)} - {None}
-    if merged:
-        raise RuntimeError(
-            f"the encoder is merged for task {sorted(merged)}: call tensoradapt.unmerge_adapters(model) "
-            "before a multi-task forward (or request that task only)"
-        )
-    B = x.shape[0]
-    ids = torch.tensor(list(task_indices), dtype=torch.long, device=x.device).repeat_interleave(B)
-    with task_scope(encoder, ids):
-        return run_encoder(encoder, x, repeats=len(task_indices), recompute=recompute)
+def run_block(block: nn.Module, tokens: Tensor, recompute: bool = False) -> Tensor:
+    """`block(tokens)`; with `recompute`, activation-checkpointed with the forward's task routing kept."""
+    if not recompute:
+        return block(tokens)
+    task = next((layer.task for _, layer in task_linears(block)), None)
+    return recompute_in_backward(_routed_block, block, tokens, task, use_reentrant=False)
 
 
 def run_encoder(encoder: nn.Module, x: Tensor, repeats: int = 1, recompute: bool = False) -> Tensor:
@@ -70,11 +44,7 @@ def run_encoder(encoder: nn.Module, x: Tensor, repeats: int = 1, recompute: bool
     if repeats > 1:
         tokens = tokens.repeat(repeats, 1, 1, 1)
     for block in encoder.blocks:
-        if recompute:
-            task = next((layer.task for _, layer in task_linears(block)), None)
-            tokens = recompute_in_backward(_routed_block, block, tokens, task, use_reentrant=False)
-        else:
-            tokens = block(tokens)
+        tokens = run_block(block, tokens, recompute)
     return encoder.neck(tokens.permute(0, 3, 1, 2))
 
 

@@ -17,11 +17,10 @@ from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from ..inject import adapt, mark_trainable, task_deltas, task_linears, task_scope
 from .config import MSamConfig
-from .encoder import _routed_block
+from .encoder import run_block
 
 __all__ = ["MultiTaskSAMBase", "encode_task_batch", "run_block"]
 
@@ -58,14 +57,6 @@ def encode_task_batch(
     ids = torch.tensor(list(task_indices), dtype=torch.long, device=x.device).repeat_interleave(x.shape[0])
     with task_scope(encoder, ids):
         return run(x, len(task_indices))
-
-
-def run_block(block: nn.Module, tokens: Tensor, recompute: bool = False) -> Tensor:
-    """`block(tokens)`; with `recompute`, activation-checkpointed with the forward's task routing kept."""
-    if not recompute:
-        return block(tokens)
-    task = next((layer.task for _, layer in task_linears(block)), None)
-    return recompute_in_backward(_routed_block, block, tokens, task, use_reentrant=False)
 
 
 def _task_rows(features: Features, k: int, batch: int) -> Features:

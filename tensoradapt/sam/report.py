@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from ..inject import task_deltas
-from .encoder import encoder_norms
-from .model import MultiTaskSAM
+from .multitask import MultiTaskSAMBase
 
 __all__ = ["parameter_breakdown"]
 
@@ -13,17 +12,17 @@ _PARTS = (
 )
 
 
-def parameter_breakdown(model: MultiTaskSAM) -> dict[str, int]:
+def parameter_breakdown(model: MultiTaskSAMBase) -> dict[str, int]:
     """Parameter counts by part: trainable / total, the deltas, decoders, embeddings, encoder norms.
 
     Works on the meta device (counts only). `trainable` is the sum of `delta`, `no_mask_embeds`,
     `decoders_trainable`, `encoder_norms_trainable` and `encoder_other_trainable` ("full" only).
     """
-    if not isinstance(model, MultiTaskSAM):
-        raise TypeError(f"model must be a MultiTaskSAM, got {type(model).__name__}")
+    if not isinstance(model, MultiTaskSAMBase):
+        raise TypeError(f"model must be an mSAM (MultiTaskSAM or MultiTaskSAM2), got {type(model).__name__}")
     deltas = {id(p) for _, d in task_deltas(model) for p in d.parameters()}
     embeds = {id(p) for p in model.no_mask_embeds.values()}
-    norms = {id(p) for m in encoder_norms(model.image_encoder) for p in m.parameters()}
+    norms = {id(p) for m in model.encoder_norms() for p in m.parameters()}
     out = dict.fromkeys(_PARTS, 0)
     for name, p in model.named_parameters():
         n = p.numel()

@@ -92,25 +92,6 @@ def check_sam2_config_json(saved: Mapping[str, Any], config: Sam2HieraConfig, so
         )
 
 
-def _load_safetensors(folder: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    if (folder / _WEIGHTS).is_file():
-        files = [folder / _WEIGHTS]
-    elif (folder / _INDEX).is_file():
-        index = json.loads((folder / _INDEX).read_text())
-        files = [folder / name for name in sorted(set(index.get("weight_map", {}).values()))]
-    else:
-        raise FileNotFoundError(f"SAM 2 checkpoint folder {folder} has neither {_WEIGHTS} nor {_INDEX}")
-    state: dict[str, Tensor] = {}
-    for file in files:
-        try:
-            state.update(load_file(str(file)))
-        except Exception as e:  # safetensors' own errors: missing shard, unreadable header
-            raise SamCheckpointError(f"cannot read SAM 2 weights {file}: {type(e).__name__}: {e}") from e
-    return state
-
-
 def read_sam2_checkpoint(source: SamWeightsSource, config: Sam2HieraConfig) -> tuple[dict[str, Tensor], str]:
     """Load SAM 2 weights on the CPU; return the state dict with a name for error messages.
 
@@ -137,7 +118,9 @@ def read_sam2_checkpoint(source: SamWeightsSource, config: Sam2HieraConfig) -> t
     except ValueError as e:
         raise SamCheckpointError(f"{folder / _CONFIG} is not valid JSON ({e})") from None
     check_sam2_config_json(saved, config, str(folder))
-    return _load_safetensors(folder), str(folder)
+    from ..interop.hub_sam import read_safetensors_folder
+
+    return read_safetensors_folder(folder, "SAM 2"), str(folder)
 
 
 @lru_cache(maxsize=8)

@@ -116,7 +116,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
     except ValueError as e:
         raise UsageError(f"--device: {e}") from None
     main = info.is_main
-    threads = cfg.threads or (1 if info.device.type == "cpu" and cfg.model == "tiny" else 0)
+    threads = cfg.threads or (1 if info.device.type == "cpu" and cfg.model in ("tiny", "sam2_cpu") else 0)
     if threads:
         torch.set_num_threads(threads)
     out = cfg.out_dir

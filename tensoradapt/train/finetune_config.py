@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from .._utils import dataclass_kwargs
-from ..sam import DECOMPS, SAM_CONFIGS, MSamConfig, get_sam_config
+from ..sam import DECOMPS, SAM2_CONFIGS, SAM_CONFIGS, MSamConfig, get_model_config
 from .config import TrainConfig
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "FINETUNE_TRAIN_DEFAULTS", "flag",
 ]
 
-MODELS: tuple[str, ...] = tuple(SAM_CONFIGS)
+MODELS: tuple[str, ...] = (*SAM_CONFIGS, *SAM2_CONFIGS)
 DATASETS: tuple[str, ...] = ("synthetic", "nyuv2")
 
 #: where fine-tuning departs from `TrainConfig`'s defaults
@@ -198,12 +198,12 @@ class FinetuneConfig:
     def msam_config(self, checkpoint: str | None = None) -> MSamConfig:
         """The mSAM this run builds (ranks resolved); raises ValueError / TypeError naming a bad option."""
         channels = {name: spec.channels for name, spec in self.task_specs().items()}
-        return MSamConfig(sam=get_sam_config(self.model), tasks=channels, checkpoint=checkpoint,
+        return MSamConfig(sam=get_model_config(self.model), tasks=channels, checkpoint=checkpoint,
                           **dataclasses.asdict(self.msam))
 
     def default_image_size(self) -> tuple[int, int]:
         """NYUv2's 3:4 aspect with the long side at the SAM input size."""
-        side = get_sam_config(self.model).image_size
+        side = get_model_config(self.model).image_size
         return (side * 3 // 4, side)
 
     # ---- composing -------------------------------------------------------------------------------

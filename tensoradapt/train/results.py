@@ -42,9 +42,9 @@ def nest_metrics(flat: Mapping[str, float] | None) -> dict[str, dict[str, float]
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Trainable / total / delta counts (and mSAM's per-part breakdown when the model is an mSAM)."""
     from ..inject import task_deltas
-    from ..sam import MultiTaskSAM, parameter_breakdown
+    from ..sam import MultiTaskSAMBase, parameter_breakdown
 
-    if isinstance(model, MultiTaskSAM):
+    if isinstance(model, MultiTaskSAMBase):
         return parameter_breakdown(model)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
