@@ -5,14 +5,13 @@ per stage), only trainable tensors change, save / load, checkpoint errors, the o
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from tensoradapt import merge_adapters, task_deltas, task_linears, unmerge_adapters
+from tensoradapt import merge_adapters, task_linears, unmerge_adapters
 from tensoradapt._utils import trainable_state_dict
 from tensoradapt.sam import (
     DECOMPS, NO_DELTA, SAM2_MODEL_TYPES, MSamConfig, MultiTaskSAM, MultiTaskSAM2, SamCheckpointError, build_msam,
@@ -21,27 +20,14 @@ from tensoradapt.sam import (
 from tensoradapt.sam.serialization import MSAM_WEIGHTS
 
 from msam_fixtures import SMALL, randomise_deltas
+from tiny_hosts import randomize_
 
 CPU = "sam2_cpu"
 X = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
 
 
 def _redraw(model: torch.nn.Module, seed: int = 0) -> None:
-    """Weights at a scale where outputs are O(1) and every tensor matters (transformers draws N(0, 0.02) and
-    zeros the position tables, which would make equality tests nearly vacuous)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if p.dim() >= 2:
-                p.copy_(noise / math.sqrt(p[0].numel()))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * noise)
-            else:
-                p.copy_(0.1 * noise)
-        for name, b in model.named_buffers():
-            if "positional_embedding" in name:
-                b.copy_(torch.randn(b.shape, generator=g))
+    randomize_(model, seed)
 
 
 @pytest.fixture(scope="module")

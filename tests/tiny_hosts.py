@@ -28,8 +28,10 @@ _HIERA = dict(model_type="sam2_hiera_det_model", hidden_size=8, image_size=[IMAG
               window_positional_embedding_background_size=[4, 4])
 
 
-def randomize_host_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Weights ~ N(0, 1/fan_in), norm gains 1 + 0.1 N(0, 1), other vectors 0.1 N(0, 1); eval mode."""
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Weights ~ N(0, 1/fan_in), norm gains 1 + 0.1 N(0, 1), other vectors 0.1 N(0, 1), positional-embedding
+    buffers N(0, 1): outputs O(1) and every tensor matters (transformers draws N(0, 0.02) and zeros the
+    position tables, which would make equality tests nearly vacuous)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -40,7 +42,15 @@ def randomize_host_(model: nn.Module, seed: int = 0) -> nn.Module:
                 p.copy_(1 + 0.1 * noise)
             else:
                 p.copy_(0.1 * noise)
-    return model.eval()
+        for name, b in model.named_buffers():
+            if "positional_embedding" in name:
+                b.copy_(torch.randn(b.shape, generator=g, dtype=torch.float64).to(b.dtype))
+    return model
+
+
+def randomize_host_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """`randomize_`, then eval mode."""
+    return randomize_(model, seed).eval()
 
 
 def randomize_deltas_(model: nn.Module, std: float = 0.3) -> nn.Module:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .sam2_config import Sam2HieraConfig, build_sam2
-from .weights import SamCheckpointError, SamWeightsSource, _listing
+from .weights import SamCheckpointError, SamWeightsSource, _listing, mismatch_error
 
 __all__ = [
     "SAM2_PE_KEY", "SAM2_NO_MASK_KEY", "SAM2_NOT_A_POINT_KEY", "SAM2_NO_MEMORY_KEY", "read_sam2_checkpoint",
@@ -155,15 +155,9 @@ def fit_sam2_state_dict(state: Mapping[str, Tensor], config: Sam2HieraConfig, so
         for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != expected[k]
     ]
     if missing or unexpected or bad:
-        parts = [
+        raise mismatch_error(
             f"SAM 2 checkpoint {source} does not fit model_type {config.name!r} (stage widths "
-            f"{config.embed_dim_per_stage}, blocks {config.blocks_per_stage}, decoder width {config.prompt_embed_dim})."
-        ]
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-        if bad:
-            parts.append(f"shape mismatches ({len(bad)}): {_listing(bad)}")
-        raise SamCheckpointError("\n  ".join(parts))
+            f"{config.embed_dim_per_stage}, blocks {config.blocks_per_stage}, decoder width {config.prompt_embed_dim}).",
+            missing, unexpected, bad,
+        )
     return {k: state[k] for k in used}

@@ -161,16 +161,19 @@ def fit_sam_state_dict(state: Mapping[str, Tensor], config: SamConfig, source: s
         if tuple(state[key].shape) != expected[key]:
             bad.append(f"{key}: checkpoint {tuple(state[key].shape)} vs model {expected[key]}")
     if missing or unexpected or bad:
-        parts = [
+        raise mismatch_error(
             f"SAM checkpoint {source} does not fit model_type {config.name!r} "
             f"(encoder embed dim {config.encoder_embed_dim}, depth {config.encoder_depth}, "
-            f"prompt dim {config.prompt_embed_dim}); it looks like {describe_sam_state_dict(state)}."
-        ]
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-        if bad:
-            parts.append(f"shape mismatches ({len(bad)}): {_listing(bad)}")
-        raise SamCheckpointError("\n  ".join(parts))
+            f"prompt dim {config.prompt_embed_dim}); it looks like {describe_sam_state_dict(state)}.",
+            missing, unexpected, bad,
+        )
     return out
+
+
+def mismatch_error(header: str, missing: list[str], unexpected: list[str], bad: list[str]) -> SamCheckpointError:
+    """One error listing a checkpoint's missing keys, unexpected keys and shape mismatches under `header`."""
+    parts = [header]
+    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", bad)):
+        if items:
+            parts.append(f"{what} ({len(items)}): {_listing(items)}")
+    return SamCheckpointError("\n  ".join(parts))
