@@ -255,7 +255,9 @@ class TaskMultiheadAttention(nn.MultiheadAttention):
         src_len = k.size(1)
         if key_padding_mask is not None:
             if tuple(key_padding_mask.shape) != (bsz, src_len):
-                raise ValueError(f"key_padding_mask must have shape {(bsz, src_len)}, got {tuple(key_padding_mask.shape)}")
+                raise ValueError(
+                    f"key_padding_mask must have shape {(bsz, src_len)}, got {tuple(key_padding_mask.shape)}"
+                )
             key_padding_mask = (
                 key_padding_mask.view(bsz, 1, 1, src_len).expand(-1, heads, -1, -1).reshape(bsz * heads, 1, src_len)
             )
