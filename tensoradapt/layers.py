@@ -93,6 +93,7 @@ class TaskProjection(nn.Module):
         dropout: dropout probability on the delta's input.
         rows: output rows the delta covers (e.g. q and v of a fused qkv); None = all rows.
         what: how errors name the projection.
+        base: a submodule that holds W and b, registered as `base` ahead of the delta (parameter order).
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class TaskProjection(nn.Module):
         dropout: float = 0.0,
         rows: Sequence[int] | None = None,
         what: str = "the projection",
+        base: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(delta, TaskDelta):
@@ -127,6 +129,8 @@ class TaskProjection(nn.Module):
         dropout = check_dropout(dropout)
         if scale is None:
             scale = 1.0 if alpha is None else alpha / delta.rank
+        if base is not None:
+            self.base = base
         self.delta = delta
         self.scale = float(scale)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -340,8 +344,8 @@ class TaskLinear(TaskProjection):
     ) -> None:
         if not isinstance(base, nn.Linear):
             raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
-        super().__init__(delta, (base.out_features, base.in_features), scale, alpha, dropout, rows, "the linear")
-        self.base = base
+        shape = (base.out_features, base.in_features)
+        super().__init__(delta, shape, scale, alpha, dropout, rows, what="the linear", base=base)
         self.base.requires_grad_(False)
 
     # The host model may read these off what used to be an nn.Linear.

@@ -95,6 +95,13 @@ def test_merge_equals_unmerged_forward_and_unmerge_restores_w0_exactly(decomp):
         assert torch.equal(m.base.weight, w0[n]) and not m.merged
 
 
+def test_parameters_come_base_first_then_delta():
+    """The order optimiser states and seeded initialisations index parameters by."""
+    layer = TaskLinear(nn.Linear(4, 6), TuckerDelta((2, 6, 4), (2, 2, 2)))
+    names = [n for n, _ in layer.named_parameters()]
+    assert names[:2] == ["base.weight", "base.bias"] and all(n.startswith("delta.") for n in names[2:])
+
+
 def test_merged_layer_refuses_another_task_and_costs_one_linear():
     layer = TaskLinear(nn.Linear(4, 4), randomize_(TuckerDelta((2, 4, 4), (2, 2, 2))))
     layer.merge(0)
