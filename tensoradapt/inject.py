@@ -14,12 +14,13 @@ from typing import Callable, Iterable, Sequence
 from torch import Tensor, nn
 
 from ._utils import atomic_path, atomic_write_json, dataclass_kwargs, load_state_subset
-from .deltas import check_init, delta_class, make_delta
-from .layers import TaskLinear, check_dropout, qkv_rows, task_deltas, task_linears
+from .deltas import TaskDelta, check_init, delta_class, make_delta
+from .layers import TaskLinear, TaskProjection, check_dropout, qkv_rows, task_deltas, task_linears, task_projections
+from .mha import TaskMultiheadAttention
 from .routing import enable_task_kwarg, set_task, task_scope
 
 __all__ = [
-    "AdapterConfig", "adapt", "task_linears", "task_deltas", "set_task", "task_scope",
+    "AdapterConfig", "adapt", "task_linears", "task_projections", "task_deltas", "set_task", "task_scope",
     "enable_task_kwarg", "mark_trainable", "count_parameters", "trainable_parameters_report",
     "adapter_state_dict", "load_adapter_state_dict", "save_adapter", "load_adapter",
     "merge_adapters", "unmerge_adapters", "set_merged_inference",
@@ -45,6 +46,7 @@ class AdapterConfig:
     init: str = "paper"
     qkv: str | None = None
     layers: list[str] = field(default_factory=list)
+    freeze_base: bool = True
 
     def __post_init__(self) -> None:
         delta_class(self.decomp)  # a registered decomposition, or an error listing them
@@ -52,6 +54,8 @@ class AdapterConfig:
             raise ValueError(f"num_tasks must be a positive int, got {self.num_tasks!r}")
         check_init(self.init)
         self.dropout = check_dropout(self.dropout)
+        if not isinstance(self.freeze_base, bool):
+            raise TypeError(f"freeze_base must be a bool, got {self.freeze_base!r}")
         if isinstance(self.ranks, list):
             self.ranks = tuple(self.ranks)
 
@@ -87,8 +91,15 @@ def adapt(
     dropout: float = 0.0,
     init: str = "paper",
     qkv: str | None = None,
+    freeze_base: bool = True,
 ) -> nn.Module:
-    """Replace every `nn.Linear` whose name matches `targets` by a `TaskLinear` (in place); return model.
+    """Put task deltas into the modules of `model` that `targets` names (in place); return `model`.
+
+    A matching `nn.Linear` becomes a `TaskLinear`. A matching `nn.MultiheadAttention` (torch's, whose q / k / v
+    share one `in_proj_weight`) becomes a `TaskMultiheadAttention` with a delta on its packed in-projection;
+    when its `out_proj` matches too (or alone), `out_proj` gets a delta as well. torch's fused
+    `TransformerEncoder` / `TransformerEncoderLayer` fast paths never bypass an adapted module (see
+    `layers.keep_called`; the encoders met here stop packing padded batches into nested tensors).
 
     Args:
         targets: a regex matched against full module names, a list of names/suffixes (PEFT style), or a
@@ -99,39 +110,111 @@ def adapt(
         scale / alpha: delta multiplier; `scale` wins, else `alpha / rank`, else 1.
         dropout: dropout on the delta input.
         init: "paper" or "orthonormal" (both start at a zero delta).
-        qkv: treat each target as a fused [q; k; v] projection and adapt only these parts (e.g. "qv").
+        qkv: the parts of a fused [q; k; v] projection to adapt (e.g. "qv"): of each matched attention's
+            in-projection (None: all three), and of each matched `nn.Linear`, then taken to be a fused qkv
+            linear (None: the whole linear). An attention's `out_proj` is never split.
+        freeze_base: set `requires_grad=False` on every parameter of `model` that is not a task delta, as
+            PEFT's `get_peft_model` does (`mark_trainable` picks extras afterwards); False leaves them as they
+            are. The adapted projections' own weights are frozen either way.
     """
     if not callable(targets) and not isinstance(targets, str):
         targets = list(targets)
     config = AdapterConfig(
         targets=targets if not callable(targets) else "<callable>", decomp=decomp,
         num_tasks=num_tasks, ranks=ranks, scale=scale, alpha=alpha, dropout=dropout, init=init, qkv=qkv,
+        freeze_base=freeze_base,
     )
-    match = _matcher(targets)
-    chosen: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if isinstance(module, TaskLinear) or not name:
-            continue
-        if any(name.startswith(c + ".") for c, _ in chosen):
-            continue
-        if match(name, module):
-            chosen.append((name, module))
-    if not chosen:
+    linears, attention = _resolve_targets(model, _matcher(targets))
+    if not linears and not attention:
         raise ValueError(f"targets {targets!r} matched no module of {type(model).__name__}")
-    for name, module in chosen:
-        if not isinstance(module, nn.Linear):
-            raise TypeError(f"target {name!r} is a {type(module).__name__}, not an nn.Linear")
-    for name, linear in chosen:
+
+    def new_delta(d_out: int, d_in: int, like: Tensor) -> TaskDelta:
+        delta = make_delta(decomp, (num_tasks, d_out, d_in), ranks, init=init)
+        return delta.to(device=like.device, dtype=like.dtype)
+
+    options = dict(scale=scale, alpha=alpha, dropout=dropout)
+    replacements: dict[str, nn.Module] = {}  # swapped in once all are built: a bad target changes nothing
+    for name in linears:
+        linear = model.get_submodule(name)
         rows = qkv_rows(linear.out_features, qkv) if qkv is not None else None
-        d_out = linear.out_features if rows is None else len(rows)
-        delta = make_delta(decomp, (num_tasks, d_out, linear.in_features), ranks, init=init)
-        delta.to(device=linear.weight.device, dtype=linear.weight.dtype)
-        layer = TaskLinear(linear, delta, scale=scale, alpha=alpha, dropout=dropout, rows=rows)
-        _set_submodule(model, name, layer)
+        delta = new_delta(linear.out_features if rows is None else len(rows), linear.in_features, linear.weight)
+        replacements[name] = TaskLinear(linear, delta, rows=rows, **options)
         config.layers.append(name)
+    for name, parts in attention.items():
+        mha = model.get_submodule(name)
+        E, parts_in = mha.embed_dim, qkv or "qkv"
+        n_in = len(qkv_rows(3 * E, parts_in) or range(3 * E))
+        deltas = {
+            which: new_delta(n_in if which == "in" else E, E, mha.out_proj.weight)
+            for which in ("in", "out") if which in parts and getattr(mha, f"{which}_adapter", None) is None
+        }
+        if isinstance(mha, TaskMultiheadAttention):  # adapted before: add the projection it lacks
+            for which, delta in deltas.items():
+                mha.add_adapter(which, delta, qkv=parts_in, **options)
+        elif deltas:
+            replacements[name] = TaskMultiheadAttention(
+                mha, deltas.get("in"), deltas.get("out"), qkv=parts_in, **options
+            )
+        config.layers += [name] * ("in" in deltas) + [f"{name}.out_proj"] * ("out" in deltas)
+    if not config.layers:
+        raise ValueError(f"targets {targets!r} matched only modules of {type(model).__name__} adapted before")
+    for name, module in replacements.items():
+        _set_submodule(model, name, module)
+    _keep_encoders_unpacked(model)
+    if freeze_base:
+        deltas = {id(p) for _, d in task_deltas(model) for p in d.parameters()}
+        for p in model.parameters():
+            if id(p) not in deltas:
+                p.requires_grad_(False)
     existing: list[AdapterConfig] = getattr(model, "tensoradapt_configs", [])
     model.tensoradapt_configs = existing + [config]
     return model
+
+
+def _resolve_targets(
+    model: nn.Module, match: Callable[[str, nn.Module], bool],
+) -> tuple[list[str], dict[str, set[str]]]:
+    """The matched linears, and the matched attentions with their projections to adapt ({"in", "out"}).
+
+    The insides of adapted projections (a TaskLinear's base, a delta) are never targets.
+    """
+    linears: list[str] = []
+    attention: dict[str, set[str]] = {}
+    adapted: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(a + ".") for a in adapted):
+            continue
+        if isinstance(module, TaskProjection):
+            adapted.append(name)
+            continue
+        if not match(name, module):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if isinstance(module, nn.MultiheadAttention):
+            attention.setdefault(name, set()).add("in")
+        elif isinstance(module, nn.Linear) and isinstance(parent, nn.MultiheadAttention) and child == "out_proj":
+            if not parent_name:
+                raise ValueError(
+                    f"target {name!r} is the out_proj of the model itself: adapt a module that holds the "
+                    "nn.MultiheadAttention (its forward, not out_proj's, has to change)"
+                )
+            attention.setdefault(parent_name, set()).add("out")
+        elif isinstance(module, nn.Linear):
+            linears.append(name)
+        else:
+            raise TypeError(
+                f"target {name!r} is a {type(module).__name__}, not an nn.Linear or nn.MultiheadAttention"
+            )
+    return linears, attention
+
+
+def _keep_encoders_unpacked(model: nn.Module) -> None:
+    """torch's `TransformerEncoder` packs a padded batch into a nested tensor in eval mode without autograd;
+    adapted layers take padded tensors, so an encoder holding one stops packing (same results)."""
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder) and any(True for _ in task_projections(module)):
+            module.use_nested_tensor = False
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -244,11 +327,11 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
         if not p.is_file():
             raise FileNotFoundError(f"adapter directory {directory} lacks {p.name} (written by save_adapter)")
     configs = [AdapterConfig.from_json(json.dumps(c)) for c in json.loads(cfg_path.read_text())]
-    if not any(True for _ in task_linears(model)):
+    if not any(True for _ in task_projections(model)):
         for c in configs:
             adapt(
                 model, targets=list(c.layers), decomp=c.decomp, num_tasks=c.num_tasks, ranks=c.ranks,
-                scale=c.scale, alpha=c.alpha, dropout=c.dropout, init=c.init, qkv=c.qkv,
+                scale=c.scale, alpha=c.alpha, dropout=c.dropout, init=c.init, qkv=c.qkv, freeze_base=c.freeze_base,
             )
         model.tensoradapt_configs = configs
     load_adapter_state_dict(model, load_file(str(w_path)))
@@ -256,18 +339,20 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
 
 
 def merge_adapters(model: nn.Module, task: int) -> None:
-    """`merge(task)` on every adapted layer (single-task inference at the cost of the base model)."""
-    for _, layer in task_linears(model):
+    """`merge(task)` on every adapted projection (single-task inference at the cost of the base model)."""
+    for _, layer in task_projections(model):
         layer.merge(task)
 
 
 def unmerge_adapters(model: nn.Module) -> None:
-    for _, layer in task_linears(model):
+    """`unmerge()` on every adapted projection: the base weights come back bit-exactly."""
+    for _, layer in task_projections(model):
         layer.unmerge()
 
 
 def set_merged_inference(model: nn.Module, enabled: bool = True) -> None:
-    """Under `torch.no_grad()`, run adapted layers with cached per-task merged weights.
+    """Under `torch.no_grad()`, run `TaskLinear`s with cached per-task merged weights (an adapted
+    `nn.MultiheadAttention` keeps its factored forward; `merge_adapters` serves one task at the base cost).
 
     A forward then costs the plain model's GEMMs for every task (mixed-task batches run one GEMM per
     run of same-task samples). The cache holds T weights per layer and is rebuilt whenever a parameter

@@ -13,23 +13,23 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .deltas import TaskIndex, check_task_index, checked_ids_on
-from .layers import TaskLinear, task_linears
+from .layers import TaskProjection, task_projections
 
 __all__ = ["set_task", "task_scope", "enable_task_kwarg"]
 
 
-def _num_tasks(layers: list[TaskLinear], model: nn.Module) -> int:
+def _num_tasks(layers: list[TaskProjection], model: nn.Module) -> int:
     counts = {layer.num_tasks for layer in layers}
     if not counts:
-        raise ValueError(f"{type(model).__name__} has no TaskLinear: call adapt(...) first")
+        raise ValueError(f"{type(model).__name__} has no TaskLinear or adapted attention: call adapt(...) first")
     if len(counts) > 1:
         raise ValueError(f"adapted layers disagree on the number of tasks: {sorted(counts)}")
     return counts.pop()
 
 
 def set_task(model: nn.Module, task: TaskIndex | None) -> None:
-    """Route every adapted layer of `model` to `task` (an int or per-sample ids `(B,)`; None clears)."""
-    layers = [layer for _, layer in task_linears(model)]
+    """Route every adapted projection of `model` to `task` (an int or per-sample ids `(B,)`; None clears)."""
+    layers = [layer for _, layer in task_projections(model)]
     if task is not None:
         if isinstance(task, Tensor) and task.dim() == 0:
             task = int(task)
@@ -44,7 +44,7 @@ def set_task(model: nn.Module, task: TaskIndex | None) -> None:
 @contextmanager
 def task_scope(model: nn.Module, task: TaskIndex) -> Iterator[nn.Module]:
     """`with task_scope(model, task): model(x)` routes `task` and restores the previous routing."""
-    previous = [(layer, layer.task) for _, layer in task_linears(model)]
+    previous = [(layer, layer.task) for _, layer in task_projections(model)]
     set_task(model, task)
     try:
         yield model
@@ -62,7 +62,7 @@ def enable_task_kwarg(model: nn.Module, name: str = "task") -> tuple[RemovableHa
     def pre(module, args, kwargs):
         if name in kwargs:
             task = kwargs.pop(name)
-            module._tensoradapt_saved = [(layer, layer.task) for _, layer in task_linears(module)]
+            module._tensoradapt_saved = [(layer, layer.task) for _, layer in task_projections(module)]
             set_task(module, task)
         return args, kwargs
 

@@ -88,8 +88,35 @@ def test_per_sample_ids_must_divide_the_batch():
 
 def test_target_that_is_not_a_linear():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Linear(3, 3))
-    with pytest.raises(TypeError, match="target '0' is a Conv2d, not an nn.Linear"):
+    with pytest.raises(TypeError, match="target '0' is a Conv2d, not an nn.Linear or nn.MultiheadAttention"):
         ta.adapt(model, ["0"], decomp="cp", num_tasks=2, ranks=2)
+    assert isinstance(model[1], nn.Linear)  # nothing was replaced
+
+
+def test_attention_targets_that_cannot_be_adapted():
+    separate = nn.Sequential(nn.MultiheadAttention(8, 2, kdim=4, vdim=4))
+    with pytest.raises(ValueError, match="kdim=4, vdim=4 besides embed_dim=8"):
+        ta.adapt(separate, ["0"], decomp="cp", num_tasks=2, ranks=2)
+    with pytest.raises(ValueError, match="'out_proj' is the out_proj of the model itself"):
+        ta.adapt(nn.MultiheadAttention(8, 2), ["out_proj"], decomp="cp", num_tasks=2, ranks=2)
+    with pytest.raises(ValueError, match="qkv must be a non-empty subset"):
+        ta.adapt(nn.Sequential(nn.MultiheadAttention(8, 2)), ["0"], decomp="cp", num_tasks=2, ranks=2, qkv="qq")
+    with pytest.raises(ValueError, match="needs in_delta, out_delta or both"):
+        ta.TaskMultiheadAttention(nn.MultiheadAttention(8, 2))
+    with pytest.raises(ValueError, match=r"delta shape \(2, 8, 8\) does not fit the attention's in-projection"):
+        ta.TaskMultiheadAttention(nn.MultiheadAttention(8, 2), in_delta=CPDelta((2, 8, 8), 2), qkv="qv")
+
+
+def test_freeze_base_must_be_a_bool():
+    with pytest.raises(TypeError, match="freeze_base must be a bool, got 'no'"):
+        ta.adapt(nn.Sequential(nn.Linear(3, 3)), ["0"], decomp="cp", num_tasks=2, ranks=2, freeze_base="no")
+
+
+def test_a_nested_tensor_is_refused_naming_the_encoder_setting():
+    layer = TaskLinear(nn.Linear(3, 4), CPDelta((2, 4, 3), 2))
+    nested = torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(1, 3)])
+    with pytest.raises(ValueError, match="TaskLinear got a nested tensor.*use_nested_tensor=False"):
+        layer(nested, task=0)
 
 
 def test_target_pattern_that_matches_nothing():

@@ -56,6 +56,7 @@ def encoder() -> nn.Module:
 HOSTS = {
     "mlp": (mlp, lambda m: [n for n, x in m.named_modules() if isinstance(x, nn.Linear)], (4, 12)),
     "encoder": (encoder, lambda m: ["linear1", "linear2"], (4, 5, 16)),
+    "attention": (encoder, lambda m: ["self_attn", "out_proj"], (4, 5, 16)),  # torch's nn.MultiheadAttention
 }
 
 
