@@ -227,3 +227,12 @@ def test_to_peft_refuses_unadapted_merged_and_misnamed(tmp_path):
     ta.merge_adapters(model, 0)
     with pytest.raises(RuntimeError, match="unmerge"):
         to_peft(model, tmp_path)
+
+
+def test_to_peft_refuses_adapted_attention_instead_of_dropping_it(tmp_path):
+    host = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+    ta.adapt(host, ["linear1"], decomp="lora", num_tasks=2, ranks=2)
+    ta.adapt(host, ["self_attn"], decomp="lora", num_tasks=2, ranks=2, qkv="qv")
+    with pytest.raises(ValueError, match=r"attention projections"):
+        to_peft(host, tmp_path)
+    assert not any(tmp_path.iterdir()), "nothing may be written"

@@ -32,7 +32,7 @@ from .._utils import atomic_path, atomic_write_json
 from ..deltas import DELTA_CLASSES, TaskDelta, make_delta
 from ..fit import pad_to
 from ..inject import adapt, task_linears
-from ..layers import TaskLinear
+from ..layers import TaskLinear, task_projections
 
 __all__ = [
     "PEFT_CONFIG", "PEFT_WEIGHTS", "PeftLoRA", "LayerFit", "PeftFitReport", "read_peft_lora", "lora_factors",
@@ -283,6 +283,11 @@ def to_peft(
     layers = list(task_linears(model))
     if not layers:
         raise ValueError(f"{type(model).__name__} has no TaskLinear: adapt it (tensoradapt.adapt) first")
+    others = [name for name, p in task_projections(model) if not isinstance(p, TaskLinear)]
+    if others:  # PEFT's LoRA format has no place for them: refuse rather than drop them silently
+        raise ValueError(
+            f"to_peft writes adapted nn.Linear layers only; {others[:4]} are adapted attention projections"
+        )
     merged = [n for n, l in layers if l.merged]
     if merged:
         raise RuntimeError(f"layers {merged[:4]} are merged: call tensoradapt.unmerge_adapters(model) first")
