@@ -80,6 +80,17 @@ def _matcher(targets: Targets) -> Callable[[str, nn.Module], bool]:
     return lambda name, _m: any(name == t or name.endswith("." + t) for t in names)
 
 
+def _batch_dim(model: nn.Module, name: str) -> int:
+    """1 for a linear inside torch's sequence-first transformer layers (inputs (S, B, d): per-sample task ids
+    route along dim 1), else 0 (batch-leading)."""
+    parts = name.split(".")
+    for k in range(len(parts) - 1, -1, -1):
+        parent = model.get_submodule(".".join(parts[:k])) if k else model
+        if isinstance(parent, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            return 0 if parent.self_attn.batch_first else 1
+    return 0
+
+
 def adapt(
     model: nn.Module,
     targets: Targets,
@@ -139,6 +150,7 @@ def adapt(
         rows = qkv_rows(linear.out_features, qkv) if qkv is not None else None
         delta = new_delta(linear.out_features if rows is None else len(rows), linear.in_features, linear.weight)
         replacements[name] = TaskLinear(linear, delta, rows=rows, **options)
+        replacements[name].batch_dim = _batch_dim(model, name)
         config.layers.append(name)
     for name, parts in attention.items():
         mha = model.get_submodule(name)

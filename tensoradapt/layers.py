@@ -137,6 +137,8 @@ class TaskProjection(nn.Module):
         self.rows: list[int] | None = rows
         self._runs = None if rows is None else _runs(rows)
         self.task: TaskIndex | None = None
+        #: the dim of the input that per-sample task ids route along (0: batch-leading inputs)
+        self.batch_dim = 0
         self.merged_task: int | None = None
         self._w0: Tensor | None = None
         # opt-in inference path: per-task merged weights, rebuilt when any parameter changes
@@ -175,9 +177,18 @@ class TaskProjection(nn.Module):
         return self.merged_task is not None
 
     def forward(self, x: Tensor, task: TaskIndex | None = None) -> Tensor:
-        """x: (B', ..., d_in) -> (B', ..., d_out_full); `task` (default: the routed one) as in `TaskDelta`."""
+        """x: (B', ..., d_in) -> (B', ..., d_out_full); `task` (default: the routed one) as in `TaskDelta`.
+
+        With `batch_dim = 1` (set by `adapt` inside torch's sequence-first transformer layers) x is
+        (S, B, ..., d_in) and per-sample ids route along dim 1.
+        """
         refuse_nested(x, self)
         task = self.task if task is None else task
+        if self.batch_dim == 1 and isinstance(task, Tensor) and task.dim() > 0 and x.dim() > 1:
+            return self._forward(x.transpose(0, 1), task).transpose(0, 1)
+        return self._forward(x, task)
+
+    def _forward(self, x: Tensor, task: TaskIndex | None) -> Tensor:
         if self.merged_task is not None:
             self._check_merged_routing(task)
             return self._base(x)

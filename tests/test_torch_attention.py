@@ -319,3 +319,28 @@ def test_adapter_config_round_trips_freeze_base(freeze_base, tmp_path):
     fresh = ta.load_adapter(encoder(), tmp_path)
     assert fresh.tensoradapt_configs[0].freeze_base is freeze_base
     assert fresh.layers[0].norm1.weight.requires_grad is not freeze_base
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_linears_of_a_sequence_first_layer_route_ids_along_the_batch(batch_first):
+    # S = 4 is a multiple of B = 2: routing along the wrong dim would not raise, it would mix the samples up
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=batch_first)
+    ta.adapt(layer, ["linear1", "linear2"], decomp="tucker", num_tasks=3, ranks=(2, 4, 4))
+    ta.adapt(layer, ["self_attn"], decomp="tucker", num_tasks=3, ranks=(2, 4, 4), qkv="qv")
+    with torch.no_grad():
+        for _, d in ta.task_deltas(layer):
+            for p in d.parameters():
+                p.normal_(0, 0.3)
+    assert [lin.batch_dim for _, lin in ta.task_linears(layer)] == [0 if batch_first else 1] * 2
+    x = torch.randn(2, 4, 16) if batch_first else torch.randn(4, 2, 16)
+    ids = torch.tensor([2, 0])
+    layer.train()  # the unfused path; dropout is 0
+    with ta.task_scope(layer, ids):
+        mixed = layer(x)
+    for b, t in enumerate(ids.tolist()):
+        xb = x[b:b + 1] if batch_first else x[:, b:b + 1]
+        with ta.task_scope(layer, t):
+            alone = layer(xb)
+        got = mixed[b:b + 1] if batch_first else mixed[:, b:b + 1]
+        torch.testing.assert_close(got, alone, atol=1e-6, rtol=1e-6)
