@@ -25,6 +25,18 @@ def test_bench_deltas_runs(tmp_path):
     assert all(r["delta_speedup"] > 0 and r["mixed_vs_split"] > 0 for r in rows)
 
 
+def test_bench_attention_runs_and_the_fused_attention_holds_no_more(tmp_path):
+    from experiments.benchmarks import bench_attention
+
+    out = tmp_path / "attention.json"
+    bench_attention.main(["--model", "tiny", "--image-size", "256", "--tasks", "1", "--repeats", "0",
+                          "--malloc", "system", "--out", str(out)])
+    peak = {r["variant"]: r["peak MiB"] for r in json.loads(out.read_text())["rows"]}
+    assert set(peak) == {"sam", "sdpa", "sam+ckpt", "sdpa+ckpt"}
+    assert peak["sdpa"] <= peak["sam"]  # replayed tensor bytes: deterministic, no timing involved
+    assert peak["sdpa+ckpt"] < peak["sdpa"] and peak["sam+ckpt"] < peak["sam"]
+
+
 def test_bench_tensorly_runs(tmp_path):
     pytest.importorskip("tltorch")
     from experiments.benchmarks import bench_tensorly

@@ -7,7 +7,7 @@ relative positions (`tensoradapt.sam.attention`), with and without activation ch
         --variants sdpa+ckpt --repeats 0          # the paper's ViT-L setting: memory only
     ... --device cuda --amp bf16                  # the GPU setting
 
-Per variant: the peak tensor memory of one mSAM training step (T = 3 tasks as one mixed-task batch, TA-LoRA
+Per variant: the peak tensor memory of one mSAM training step (T tasks, default 3, as one mixed-task batch, TA-LoRA
 at the paper's ranks; CPU: replayed from the profiler's memory records, CUDA: max_memory_allocated) and the
 median step time of `--repeats` interleaved steps; ratios against segment-anything's attention.
 """
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from experiments.benchmarks.bench_msam import build, train_step, with_amp  # noqa: E402
+from experiments.benchmarks.bench_msam import TASKS, build, train_step, with_amp  # noqa: E402
 from experiments.benchmarks.common import (  # noqa: E402
     add_malloc_arg, interleaved_medians, machine_info, peak_tensor_bytes, print_table, steady_allocator,
     write_json,
@@ -37,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--tasks", type=int, default=len(TASKS), choices=range(1, len(TASKS) + 1),
+                   help=f"T: the first T of {dict(TASKS)} (default all)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per variant (0: memory only)")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated subset of {', '.join(VARIANTS)}")
@@ -61,7 +63,8 @@ def main(argv=None) -> dict:
     steps, rows = {}, []
     for name in args.variants:
         attention, ckpt = VARIANTS[name]
-        model = build(args, "tucker", grad_checkpointing=ckpt).train()
+        tasks = dict(list(TASKS.items())[:args.tasks])
+        model = build(args, "tucker", grad_checkpointing=ckpt, tasks=tasks).train()
         set_attention(model.image_encoder, attention)
         step = with_amp(args, train_step(model, images))
         peak = peak_tensor_bytes(step, args.device)
@@ -77,7 +80,7 @@ def main(argv=None) -> dict:
             row["memory vs sam"] = row["peak MiB"] / ref["peak MiB"]
             if "step s" in row:
                 row["time vs sam"] = row["step s"] / ref["step s"]
-    print(f"\nmSAM {args.model} at {args.image_size}², batch {args.batch}, T=3, tucker (4, 32, 32), {args.device}, "
+    print(f"\nmSAM {args.model} at {args.image_size}², batch {args.batch}, T={args.tasks}, tucker (4, 32, 32), {args.device}, "
           f"amp {args.amp}, {torch.get_num_threads()} threads")
     table = print_table(rows, ["variant", "peak MiB", "memory vs sam", "step s", "time vs sam"])
     out = args.out or f"runs/benchmarks/bench_attention_{args.model}.json"

@@ -44,10 +44,10 @@ from tensoradapt.sam import PAPER_RANKS, SAM_CONFIGS, build_msam  # noqa: E402
 TASKS = {"semantic": 13, "depth": 1, "normal": 3}
 
 
-def build(args, decomp, seed=0, grad_checkpointing=False):
+def build(args, decomp, seed=0, grad_checkpointing=False, tasks=None):
     torch.manual_seed(seed)
     ranks = PAPER_RANKS.get(decomp)
-    model = build_msam(args.model, TASKS, decomp=decomp, ranks=ranks, image_size=args.image_size,
+    model = build_msam(args.model, TASKS if tasks is None else tasks, decomp=decomp, ranks=ranks, image_size=args.image_size,
                        dropout=0.0, grad_checkpointing=grad_checkpointing).to(args.device)
     # non-zero deltas so that no work is skipped or trivially zero
     with torch.no_grad():
