@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward (less memory)")
     a("--orth-weight", type=float, default=t.orth_weight, help="orthogonality penalty weight")
     a("--task-weights", type=task_weights, default={}, help="e.g. semantic=1,depth=0.5,normal=1")
+    a("--lr-scale", type=task_weights, default={}, help="lr multipliers per parameter group (delta, embed, "
+      "decoder, encoder), e.g. delta=0.33,embed=10")
     a("--no-augment", dest="augment", action="store_false", help="no random scale-crop / flip")
     a("--amp", default=t.amp, help="auto (bf16 on CUDA), bf16 or off")
     a("--compile", action="store_true", help="torch.compile the model")

@@ -47,10 +47,12 @@ def fail_line(capsys, argv: list[str]) -> str:
     (["--data", "nyuv2", "--data-root", "/nonexistent/nyu"], "--data-root /nonexistent/nyu does not exist"),
     (["--checkpoint", "/nonexistent/sam_vit_b.pth"], "--checkpoint /nonexistent/sam_vit_b.pth does not exist"),
     (["--epochs", "0"], "--epochs must be a positive int"),
+    (["--lr-scale", "head=2"], "--lr-scale names unknown parameter group(s) ['head']"),
+    (["--lr-scale", "delta=0"], "--lr-scale['delta'] must be a finite float > 0"),
     (["--lr", "-1"], "--lr"),
     (["--qkv", "qx"], "--qkv"),
     (["--task-weights", "semantic=1,sky=2"], "unknown task(s) ['sky']"),
-    (["--task-weights", "semantic"], "task=weight"),
+    (["--task-weights", "semantic"], "--task-weights: expected name=number"),
     (["--tasks", "semantic,semantic"], "--tasks"),
     (["--baseline", "/nonexistent/results.json"], "--baseline"),
     (["--batch-size", "x"], "--batch-size"),
@@ -282,3 +284,22 @@ def test_nonfinite_loss_stops_with_one_line_naming_step_and_task(capsys, mini, t
     assert sam_mtl.main(base_args(mini, out, "--skip-nonfinite")) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["skipped_steps"] == res["steps"] == 2
+
+
+def test_lr_scale_reaches_the_optimizer_of_the_recipe(mini, tmp_path):
+    from tensoradapt.inject import task_deltas
+
+    seen = {}
+
+    def capture(trainer):
+        lr = {id(p): g["initial_lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+        model = trainer.model
+        seen["delta"] = {lr[id(p)] for _, d in task_deltas(model) for p in d.parameters()}
+        seen["embed"] = {lr[id(p)] for p in model.no_mask_embeds.values()}
+        seen["decoder"] = {lr[id(p)] for p in model.decoders.parameters() if p.requires_grad}
+
+    args = base_args(mini, tmp_path / "r", "--lr", "1e-3", "--lr-scale", "delta=0.5,embed=10")
+    finetune.run(sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(args)), callbacks=[capture])
+    assert {k: sorted(v) for k, v in seen.items()} == {
+        "delta": [pytest.approx(5e-4)], "embed": [pytest.approx(1e-2)], "decoder": [pytest.approx(1e-3)],
+    }

@@ -148,6 +148,35 @@ def test_task_weights_change_the_update():
         Trainer(make_model("cp"), toy_tasks(), data, config=cfg(task_weights={"depth": 1.0}))
 
 
+def test_lr_scale_gives_named_parameter_groups_their_own_lr():
+    model = make_model("tucker")
+    rules = {"heads": lambda name, p: name.startswith("heads."), "never": lambda name, p: False}
+    t = Trainer(model, toy_tasks(), ToyDataset(8), config=cfg(lr=1e-3, lr_scale={"heads": 10.0}),
+                param_groups_by=rules)
+    lr_of = {id(p): g["initial_lr"] for g in t.optimizer.param_groups for p in g["params"]}
+    for name, p in t.trainable:
+        assert lr_of[id(p)] == pytest.approx(1e-2 if name.startswith("heads.") else 1e-3), name
+    assert any(name.startswith("heads.") for name, _ in t.trainable)
+    with pytest.raises(ValueError, match=r"lr_scale names unknown parameter group\(s\) \['decoder'\]"):
+        Trainer(make_model("tucker"), toy_tasks(), ToyDataset(8), config=cfg(lr_scale={"decoder": 2.0}),
+                param_groups_by=rules)
+
+
+def test_msam_parameter_groups_cover_its_trainable_parameters():
+    from tensoradapt.sam import MSAM_PARAM_GROUPS, build_msam, msam_param_groups
+
+    model = build_msam("tiny", {"a": 2, "b": 1}, decomp="tucker")
+    rules = msam_param_groups(model)
+    assert tuple(rules) == MSAM_PARAM_GROUPS
+    first = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            first[name] = next(g for g, pred in rules.items() if pred(name, p))
+    assert {g for g in first.values()} == set(MSAM_PARAM_GROUPS)  # LayerNorms train: "encoder" is not empty
+    assert all(first[n] == "delta" for n in first if ".delta." in n)
+    assert all(first[n] == "embed" for n in first if n.startswith("no_mask_embeds."))
+
+
 def test_best_checkpoint_follows_the_chosen_metric(tmp_path):
     t = Trainer(make_model("lora"), toy_tasks(), ToyDataset(16), ToyDataset(8, seed=1),
                 cfg(epochs=3, eval_every=2, best_metric="reg/abs_err"), out_dir=tmp_path)

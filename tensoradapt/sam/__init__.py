@@ -19,7 +19,7 @@ from .config import (
 from .decomps import NO_DELTA, default_ranks, is_task_agnostic, msam_decomps
 from .model import MultiTaskSAM, build_msam, msam_from_config
 from .multitask import MultiTaskSAMBase
-from .report import parameter_breakdown
+from .report import MSAM_PARAM_GROUPS, msam_param_groups, parameter_breakdown
 from .sam2_config import SAM2_CONFIGS, SAM2_MODEL_TYPES, Sam2HieraConfig, build_sam2, get_sam2_config
 from .sam2_model import MultiTaskSAM2
 from .serialization import load_msam, save_msam
@@ -29,7 +29,7 @@ __all__ = [
     "build_msam", "MultiTaskSAM", "MSamConfig", "save_msam", "load_msam", "parameter_breakdown",
     "default_ranks", "DECOMPS", "NO_DELTA", "TASK_AGNOSTIC", "PAPER_RANKS", "SMALL_RANKS", "SamCheckpointError",
     "read_sam_checkpoint", "fit_sam_state_dict", "SamConfig", "SAM_CONFIGS", "MODEL_TYPES", "get_sam_config",
-    "msam_decomps", "is_task_agnostic",
+    "msam_decomps", "is_task_agnostic", "MSAM_PARAM_GROUPS", "msam_param_groups",
     "build_sam", "MultiTaskSAMBase", "MultiTaskSAM2", "msam_from_config", "get_model_config", "Sam2HieraConfig",
     "SAM2_CONFIGS", "SAM2_MODEL_TYPES", "get_sam2_config", "build_sam2",
 ]

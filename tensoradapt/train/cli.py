@@ -22,7 +22,7 @@ def int_tuple(text: str) -> tuple[int, ...]:
 
 
 def task_weights(text: str) -> dict[str, float]:
-    """ "semantic=1,depth=0.5" -> {"semantic": 1.0, "depth": 0.5}."""
+    """ "semantic=1,depth=0.5" -> {"semantic": 1.0, "depth": 0.5} (any name=number list, e.g. --lr-scale)."""
     out = {}
     for part in filter(None, text.split(",")):
         name, sep, value = part.partition("=")
@@ -31,5 +31,5 @@ def task_weights(text: str) -> dict[str, float]:
                 raise ValueError
             out[name.strip()] = float(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected task=weight[,task=weight...], got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected name=number[,name=number...], got {text!r}") from None
     return out

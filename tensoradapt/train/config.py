@@ -48,6 +48,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     min_lr_ratio: float = 0.0
     task_weights: dict[str, float] = field(default_factory=dict)  # missing tasks weigh 1
+    lr_scale: dict[str, float] = field(default_factory=dict)  # parameter group -> lr multiplier (Trainer's groups)
     orth_weight: float = 0.0
     grad_accum: int = 1
     max_grad_norm: float | None = None
@@ -71,6 +72,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # JSON round trips give lists
         self.task_weights = {str(k): float(v) for k, v in dict(self.task_weights).items()}
+        self.lr_scale = {str(k): float(v) for k, v in dict(self.lr_scale).items()}
 
         def positive_int(name: str, allow_zero: bool = False) -> None:
             v = getattr(self, name)
@@ -106,6 +108,9 @@ class TrainConfig:
         for k, v in self.task_weights.items():
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"task_weights[{k!r}] must be a finite float >= 0, got {v!r}")
+        for k, v in self.lr_scale.items():
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"lr_scale[{k!r}] must be a finite float > 0, got {v!r}")
         if self.max_grad_norm is not None and not (self.max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
         if not self.best_metric or (self.best_metric != "loss" and self.best_metric.count("/") != 1):

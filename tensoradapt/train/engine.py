@@ -61,6 +61,8 @@ class Trainer(ResumableTrainerMixin):
         extra_state: JSON-able dict stored in every checkpoint (e.g. the model's build arguments).
         callbacks: `fn(trainer)` called after every optimiser step (trainer.step is the step count).
         dist_info: from `init_distributed`; default: join torchrun's group if there is one.
+        param_groups_by: named predicates `(param name, param) -> bool` that `config.lr_scale` refers to
+            (e.g. {"delta": ..., "decoder": ...}); a parameter takes the multiplier of the first that matches.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class Trainer(ResumableTrainerMixin):
         extra_state: Mapping[str, Any] | None = None,
         callbacks: Iterable[Callable[["Trainer"], None]] = (),
         dist_info: DistInfo | None = None,
+        param_groups_by: Mapping[str, Callable[[str, Tensor], bool]] | None = None,
     ) -> None:
         self.config = cfg = config if config is not None else TrainConfig()
         self.tasks = dict(tasks)
@@ -139,8 +142,14 @@ class Trainer(ResumableTrainerMixin):
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = self.steps_per_epoch * cfg.epochs
 
-        # Optimiser: no weight decay on 1-d parameters (norms, biases).
-        groups = param_groups(self.trainable, cfg.weight_decay)
+        # Optimiser: no weight decay on 1-d parameters (norms, biases); `config.lr_scale` multiplies the lr of
+        # the parameters a named predicate of `param_groups_by` selects (the first that matches).
+        rules = dict(param_groups_by or {})
+        unknown = sorted(set(cfg.lr_scale) - set(rules))
+        if unknown:
+            raise ValueError(f"lr_scale names unknown parameter group(s) {unknown}; the groups are {sorted(rules)}")
+        lr_scale = {name: (rules[name], cfg.lr_scale[name]) for name in rules if name in cfg.lr_scale}
+        groups = param_groups(self.trainable, cfg.weight_decay, lr_scale=lr_scale)
         self.optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, betas=cfg.betas, eps=cfg.eps)
         self.scheduler = build_scheduler(
             self.optimizer, self.total_steps, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,

@@ -24,6 +24,7 @@ from .._utils import atomic_write_json
 from .checkpoint import CheckpointError
 from .distributed import barrier, cleanup_distributed, init_distributed
 from .engine import Trainer
+from ..sam import MultiTaskSAMBase, msam_param_groups
 from .finetune_config import FinetuneConfig, MSamOptions, UsageError, finetune_train_config
 from .resume import LAST
 from .results import (
@@ -147,7 +148,8 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
         atomic_write_json(out / RUN_CONFIG, cfg.to_dict())
 
     trainer = Trainer(model, tasks, train, val, cfg.train, out_dir=out, extra_state={"run_config": cfg.to_dict()},
-                      callbacks=callbacks, dist_info=info)
+                      callbacks=callbacks, dist_info=info,
+                      param_groups_by=msam_param_groups(model) if isinstance(model, MultiTaskSAMBase) else None)
     try:
         summary = trainer.fit(resume=resume)
     except CheckpointError as e:

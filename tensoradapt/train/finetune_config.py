@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from .._utils import dataclass_kwargs
-from ..sam import DECOMPS, SAM2_CONFIGS, SAM_CONFIGS, MSamConfig, get_model_config
+from ..sam import DECOMPS, MSAM_PARAM_GROUPS, SAM2_CONFIGS, SAM_CONFIGS, MSamConfig, get_model_config
 from .config import TrainConfig
 
 __all__ = [
@@ -154,6 +154,10 @@ class FinetuneConfig:
             self.train.check_tasks(specs)
         except ValueError as e:
             raise _usage(e, tuple(f.name for f in dataclasses.fields(TrainConfig))) from None
+        unknown = sorted(set(self.train.lr_scale) - set(MSAM_PARAM_GROUPS))
+        if unknown:
+            raise UsageError(f"--lr-scale names unknown parameter group(s) {unknown}; the groups are "
+                             f"{', '.join(MSAM_PARAM_GROUPS)}")
 
     def _check_data(self) -> None:
         if self.data not in DATASETS:
