@@ -303,3 +303,7 @@ def test_lr_scale_reaches_the_optimizer_of_the_recipe(mini, tmp_path):
     assert {k: sorted(v) for k, v in seen.items()} == {
         "delta": [pytest.approx(5e-4)], "embed": [pytest.approx(1e-2)], "decoder": [pytest.approx(1e-3)],
     }
+    # the deltas sit under the encoder's names: scaling the encoder alone must not reach them
+    args = base_args(mini, tmp_path / "e", "--lr", "1e-3", "--lr-scale", "encoder=0.25")
+    finetune.run(sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(args)), callbacks=[capture])
+    assert sorted(seen["delta"]) == [pytest.approx(1e-3)]

@@ -148,7 +148,9 @@ class Trainer(ResumableTrainerMixin):
         unknown = sorted(set(cfg.lr_scale) - set(rules))
         if unknown:
             raise ValueError(f"lr_scale names unknown parameter group(s) {unknown}; the groups are {sorted(rules)}")
-        lr_scale = {name: (rules[name], cfg.lr_scale[name]) for name in rules if name in cfg.lr_scale}
+        # every rule takes part in the matching (multiplier 1 unless given), so that a parameter is never
+        # counted in a later group it also matches (mSAM's deltas live under the encoder's names)
+        lr_scale = {name: (rule, cfg.lr_scale.get(name, 1.0)) for name, rule in rules.items()} if cfg.lr_scale else {}
         groups = param_groups(self.trainable, cfg.weight_decay, lr_scale=lr_scale)
         self.optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, betas=cfg.betas, eps=cfg.eps)
         self.scheduler = build_scheduler(
