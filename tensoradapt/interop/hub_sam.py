@@ -23,7 +23,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..sam.weights import SamCheckpointError
+from ..sam.weights import HUB_CONFIG, HUB_INDEX, HUB_WEIGHTS, SamCheckpointError, read_safetensors_folder
 from ..sam.config import SAM_CONFIGS, SamConfig
 
 __all__ = [
@@ -31,9 +31,6 @@ __all__ = [
     "official_sam_state_dict", "read_hub_sam",
 ]
 
-HUB_CONFIG = "config.json"
-HUB_WEIGHTS = "model.safetensors"
-HUB_INDEX = "model.safetensors.index.json"
 
 # transformers' SamConfig defaults, for a config.json that leaves a field out.
 _VISION_DEFAULTS = {
@@ -206,30 +203,6 @@ def is_hub_sam_folder(path: str | Path) -> bool:
     return path.is_dir() and (path / HUB_CONFIG).is_file() and (
         (path / HUB_WEIGHTS).is_file() or (path / HUB_INDEX).is_file()
     )
-
-
-def read_safetensors_folder(folder: Path, what: str = "SAM") -> dict[str, Tensor]:
-    """The tensors of a `save_pretrained` folder: `model.safetensors`, or every shard its index names.
-
-    Errors name the folder and the file (`FileNotFoundError` with neither file; `SamCheckpointError` for an
-    unreadable one). `what` names the model in messages.
-    """
-    from safetensors.torch import load_file
-
-    if (folder / HUB_WEIGHTS).is_file():
-        files = [folder / HUB_WEIGHTS]
-    elif (folder / HUB_INDEX).is_file():
-        index = json.loads((folder / HUB_INDEX).read_text())
-        files = [folder / name for name in sorted(set(index.get("weight_map", {}).values()))]
-    else:
-        raise FileNotFoundError(f"{what} checkpoint folder {folder} has neither {HUB_WEIGHTS} nor {HUB_INDEX}")
-    state: dict[str, Tensor] = {}
-    for file in files:
-        try:
-            state.update(load_file(str(file)))
-        except Exception as e:  # safetensors' own errors: missing shard, truncated file, unreadable header
-            raise SamCheckpointError(f"cannot read {what} weights {file}: {type(e).__name__}: {e}") from e
-    return state
 
 
 def read_hub_sam(folder: str | Path) -> tuple[dict[str, Tensor], SamConfig]:

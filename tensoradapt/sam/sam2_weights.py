@@ -30,7 +30,9 @@ import torch
 from torch import Tensor
 
 from .sam2_config import Sam2HieraConfig, build_sam2
-from .weights import SamCheckpointError, SamWeightsSource, _listing, mismatch_error
+from .weights import (
+    HUB_CONFIG, HUB_WEIGHTS, SamCheckpointError, SamWeightsSource, _listing, mismatch_error, read_safetensors_folder,
+)
 
 __all__ = [
     "SAM2_PE_KEY", "SAM2_NO_MASK_KEY", "SAM2_NOT_A_POINT_KEY", "SAM2_NO_MEMORY_KEY", "read_sam2_checkpoint",
@@ -41,7 +43,6 @@ SAM2_PE_KEY = "shared_image_embedding.positional_embedding"
 SAM2_NO_MASK_KEY = "prompt_encoder.no_mask_embed.weight"
 SAM2_NOT_A_POINT_KEY = "prompt_encoder.not_a_point_embed.weight"
 SAM2_NO_MEMORY_KEY = "no_memory_embedding"
-_CONFIG, _WEIGHTS, _INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 
 #: config.json fields (sub-config path -> names) that fix what the weights compute; image sizes may differ
 _ARCH_FIELDS: dict[tuple[str, ...], tuple[str, ...]] = {
@@ -108,18 +109,16 @@ def read_sam2_checkpoint(source: SamWeightsSource, config: Sam2HieraConfig) -> t
     if not folder.is_dir():
         what = "is a file, not" if folder.is_file() else "does not exist; expected"
         raise FileNotFoundError(
-            f"SAM 2 checkpoint {folder} {what} a folder with {_CONFIG} + {_WEIGHTS} "
+            f"SAM 2 checkpoint {folder} {what} a folder with {HUB_CONFIG} + {HUB_WEIGHTS} "
             f"(as Sam2Model.save_pretrained writes) (checkpoint={str(source)!r})"
         )
-    if not (folder / _CONFIG).is_file():
-        raise FileNotFoundError(f"SAM 2 checkpoint folder {folder} lacks {_CONFIG} (written by save_pretrained)")
+    if not (folder / HUB_CONFIG).is_file():
+        raise FileNotFoundError(f"SAM 2 checkpoint folder {folder} lacks {HUB_CONFIG} (written by save_pretrained)")
     try:
-        saved = json.loads((folder / _CONFIG).read_text())
+        saved = json.loads((folder / HUB_CONFIG).read_text())
     except ValueError as e:
-        raise SamCheckpointError(f"{folder / _CONFIG} is not valid JSON ({e})") from None
+        raise SamCheckpointError(f"{folder / HUB_CONFIG} is not valid JSON ({e})") from None
     check_sam2_config_json(saved, config, str(folder))
-    from ..interop.hub_sam import read_safetensors_folder
-
     return read_safetensors_folder(folder, "SAM 2"), str(folder)
 
 

@@ -20,6 +20,7 @@ the interpolation `segment_anything`'s `get_rel_pos` itself applies to a table o
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -32,9 +33,15 @@ from torch.nn import functional as F
 from .config import SAM_CONFIGS, SamConfig, build_sam
 
 __all__ = [
+    "HUB_CONFIG", "HUB_WEIGHTS", "HUB_INDEX", "read_safetensors_folder",
     "SamCheckpointError", "SamWeightsSource", "PE_KEY", "NO_MASK_KEY", "POS_EMBED_KEY", "read_sam_checkpoint",
     "expected_sam_shapes", "fit_sam_state_dict", "describe_sam_state_dict",
 ]
+
+#: the files of a Hugging Face `save_pretrained` folder (SAM and SAM 2 weights alike)
+HUB_CONFIG = "config.json"
+HUB_WEIGHTS = "model.safetensors"
+HUB_INDEX = "model.safetensors.index.json"
 
 PE_KEY = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
 NO_MASK_KEY = "prompt_encoder.no_mask_embed.weight"
@@ -177,3 +184,27 @@ def mismatch_error(header: str, missing: list[str], unexpected: list[str], bad: 
         if items:
             parts.append(f"{what} ({len(items)}): {_listing(items)}")
     return SamCheckpointError("\n  ".join(parts))
+
+
+def read_safetensors_folder(folder: Path, what: str = "SAM") -> dict[str, Tensor]:
+    """The tensors of a `save_pretrained` folder: `model.safetensors`, or every shard its index names.
+
+    Errors name the folder and the file (`FileNotFoundError` with neither file; `SamCheckpointError` for an
+    unreadable one). `what` names the model in messages.
+    """
+    from safetensors.torch import load_file
+
+    if (folder / HUB_WEIGHTS).is_file():
+        files = [folder / HUB_WEIGHTS]
+    elif (folder / HUB_INDEX).is_file():
+        index = json.loads((folder / HUB_INDEX).read_text())
+        files = [folder / name for name in sorted(set(index.get("weight_map", {}).values()))]
+    else:
+        raise FileNotFoundError(f"{what} checkpoint folder {folder} has neither {HUB_WEIGHTS} nor {HUB_INDEX}")
+    state: dict[str, Tensor] = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except Exception as e:  # safetensors' own errors: missing shard, truncated file, unreadable header
+            raise SamCheckpointError(f"cannot read {what} weights {file}: {type(e).__name__}: {e}") from e
+    return state
