@@ -16,12 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from tensoradapt.train.pretrain import PretrainConfig, default_tiny_sam_path, format_report, pretrain_tiny_sam
+from tensoradapt.train.pretrain import DOMAIN_GAPS, PretrainConfig, default_tiny_sam_path, format_report, pretrain_tiny_sam
 
 
 def main(argv: list[str] | None = None) -> dict:
     d = PretrainConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=d.model, help=f"SAM size (default {d.model})")
     ap.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     ap.add_argument("--n-scenes", type=int, default=d.n_scenes, help="training scenes")
+    ap.add_argument("--domain-gap", default=d.domain_gap, choices=DOMAIN_GAPS,
+                    help="palette: every pretraining scene in a random colour palette (default none)")
+    ap.add_argument("--device", default="cpu", help="where the model trains (default cpu); the report records it")
     ap.add_argument("--n-heldout", type=int, default=d.n_heldout, help="held-out scenes for the IoU evaluation")
     ap.add_argument("--out", type=Path, default=None,
                     help=f"checkpoint path (default: the config's cache path, {default_tiny_sam_path().name} "
@@ -36,13 +40,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
-        cfg = PretrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+        cfg = PretrainConfig(model=args.model, domain_gap=args.domain_gap, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                              masks_per_image=args.masks_per_image, lr=args.lr, warmup_steps=args.warmup_steps,
                              n_scenes=args.n_scenes, n_heldout=args.n_heldout)
     except ValueError as e:
         ap.error(str(e))
     out = args.out if args.out is not None else default_tiny_sam_path(cfg)
-    report = pretrain_tiny_sam(out, cfg, progress=not args.no_progress)
+    report = pretrain_tiny_sam(out, cfg, progress=not args.no_progress, device=args.device)
     print(format_report(report))
     print(f"checkpoint: {out}\nreport:     {Path(out).with_suffix('.json')}\nsha256:     {report['sha256']}")
     return report

@@ -13,13 +13,15 @@ from typing import Any, Mapping
 from ..._utils import dataclass_kwargs
 from ...sam import get_sam_config
 
-__all__ = ["PRETRAIN_VERSION", "DEFAULT_STEPS", "PretrainConfig"]
+__all__ = ["PRETRAIN_VERSION", "DEFAULT_STEPS", "DOMAIN_GAPS", "PretrainConfig"]
 
 #: Part of the cached file name and of the report: bump when the recipe's code changes.
-PRETRAIN_VERSION = 3
+PRETRAIN_VERSION = 4
 #: Optimiser steps of the default build: about 3 minutes on one idle core of the reference machine
 #: (0.11 s a step, plus ~8 s of rendering and evaluation), what the first use of the experiments pays.
 DEFAULT_STEPS = 1500
+#: How the pretraining scenes' images differ from the task scenes' (:func:`.scenes.palette_shift`).
+DOMAIN_GAPS = ("none", "palette")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class PretrainConfig:
     area_power: float = 0.5             # masks drawn with probability ~ area ** area_power
     dice_weight: float = 1.0
     iou_weight: float = 1.0
+    domain_gap: str = "none"            # "palette": a random colour palette per pretraining scene
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "masks_per_image", "n_scenes", "n_heldout", "eval_masks_per_scene"):
@@ -66,6 +69,8 @@ class PretrainConfig:
         for name in ("weight_decay", "clip_norm", "focal_weight", "dice_weight", "iou_weight", "area_power"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.domain_gap not in DOMAIN_GAPS:
+            raise ValueError(f"domain_gap must be one of {DOMAIN_GAPS}, got {self.domain_gap!r}")
         get_sam_config(self.model)  # raises for an unknown model
 
     def to_dict(self) -> dict[str, Any]:

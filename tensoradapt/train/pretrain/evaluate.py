@@ -32,9 +32,10 @@ def evaluate_prompted_iou(sam: nn.Module, data: PromptScenes, masks_per_scene: i
     point_oracle: list[Tensor] = []
     fill_ious: list[Tensor] = []
     h, w = data.h, data.w
+    dev = next(sam.parameters()).device
     for start in range(0, len(data), batch_size):
         stop = min(start + batch_size, len(data))
-        emb = sam.image_encoder(data.inputs[start:stop])
+        emb = sam.image_encoder(data.inputs[start:stop].to(dev))
         for j, i in enumerate(range(start, stop)):
             ids = data.masks[i]
             if not ids:
@@ -43,14 +44,16 @@ def evaluate_prompted_iou(sam: nn.Module, data: PromptScenes, masks_per_scene: i
             gt = gts[gts.flatten(1).sum(1).argsort(descending=True)[:masks_per_scene]]
             K = gt.shape[0]
             box = mask_boxes(gt)
-            low, _ = decode_prompts(sam, emb[j:j + 1], boxes=box)
-            box_ious.append(mask_iou(to_input_frame(sam, low[:, 0], h, w) > 0, gt))
-            low, iou_pred = decode_prompts(sam, emb[j:j + 1], points=(interior_points(gt)[:, None], torch.ones(K, 1)))
+            fill_ious.append(mask_iou(box_masks(box, h, w), gt))
+            points = interior_points(gt)[:, None].to(dev)
+            gt = gt.to(dev)
+            low, _ = decode_prompts(sam, emb[j:j + 1], boxes=box.to(dev))
+            box_ious.append(mask_iou(to_input_frame(sam, low[:, 0], h, w) > 0, gt).cpu())
+            low, iou_pred = decode_prompts(sam, emb[j:j + 1], points=(points, torch.ones(K, 1, device=dev)))
             preds = to_input_frame(sam, low[:, 1:], h, w) > 0                   # (K, 3, h, w)
             ious = mask_iou(preds, gt[:, None].expand_as(preds))
-            point_ious.append(ious[torch.arange(K), iou_pred[:, 1:].argmax(1)])
-            point_oracle.append(ious.max(1).values)
-            fill_ious.append(mask_iou(box_masks(box, h, w), gt))
+            point_ious.append(ious[torch.arange(K, device=dev), iou_pred[:, 1:].argmax(1)].cpu())
+            point_oracle.append(ious.max(1).values.cpu())
     sam.train(was_training)
 
     def mean(v: list[Tensor]) -> float:

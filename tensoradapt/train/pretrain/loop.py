@@ -98,15 +98,18 @@ def _train(sam: nn.Module, data: PromptScenes, pc: PretrainConfig, progress: boo
 
 
 def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None = None, progress: bool = True,
-                      **overrides: Any) -> dict[str, Any]:
+                      device: str | torch.device = "cpu", **overrides: Any) -> dict[str, Any]:
     """Pretrain SAM (``config.model``, default tiny) for ``config.steps`` steps; write the checkpoint and
     its report.
 
     Renders the scenes, evaluates the random-init model on the held-out scenes, trains, evaluates again,
     writes the weights atomically to `out_path` (:mod:`.artifact`) and then the JSON report beside them
     (``out_path.with_suffix(".json")``: config, seed, steps, losses, held-out IoUs, the weights' sha256).
-    `overrides` replace fields of `config`. Returns the report.
+    `overrides` replace fields of `config`. `device`: where the model trains (the scenes and every random
+    draw stay on the CPU, so a seed gives the same batches anywhere; the weights' bits are the same only on
+    the same kind of device). Returns the report.
     """
+    device = torch.device(device)
     pc = config if config is not None else PretrainConfig()
     if overrides:
         pc = pc.replace(**overrides)
@@ -115,11 +118,11 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
     t0 = time.perf_counter()
     with single_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(pc.seed)
-        sam = build_sam(cfg)
+        sam = build_sam(cfg).to(device)
         data = PromptScenes(cfg, pc.n_scenes, seed=pc.seed, stream="sam_train", min_area_frac=pc.min_area_frac,
-                            progress=progress)
+                            domain_gap=pc.domain_gap, progress=progress)
         heldout = PromptScenes(cfg, pc.n_heldout, seed=pc.seed, stream="sam_heldout",
-                               min_area_frac=pc.min_area_frac)
+                               min_area_frac=pc.min_area_frac, domain_gap=pc.domain_gap)
         random_init = evaluate_prompted_iou(sam, heldout, pc.eval_masks_per_scene)
         t_train = time.perf_counter()
         history = _train(sam, data, pc, progress)
@@ -137,6 +140,7 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
         "steps": pc.steps,
         "torch_threads": 1,
         "torch_version": torch.__version__,
+        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "input_hw": [data.h, data.w],
         "n_train_scenes": len(data),
         "n_heldout_scenes": len(heldout),

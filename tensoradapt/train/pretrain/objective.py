@@ -45,30 +45,33 @@ def _flipped_batch(data: PromptScenes, batch_size: int, g: torch.Generator) -> t
 
 def _prompt_and_decode(sam: nn.Module, embedding: Tensor, gt: Tensor,
                        g: torch.Generator) -> tuple[Tensor, Tensor, bool]:
-    """Draw one prompt kind for the (K, h, w) masks `gt`; low-res logits (K, 4, ., .), IoUs (K, 4), and
-    whether the multimask outputs are the ones trained."""
-    K = gt.shape[0]
+    """Draw one prompt kind for the (K, h, w) masks `gt` (on the CPU, where `g` draws; the prompts then go to
+    the embedding's device); low-res logits (K, 4, ., .), IoUs (K, 4), and whether the multimask outputs
+    are the ones trained."""
+    K, dev = gt.shape[0], embedding.device
     r = float(torch.rand((), generator=g))
     if r < BOX_SHARE:
-        low, iou = decode_prompts(sam, embedding, boxes=jitter_boxes(mask_boxes(gt), g))
+        low, iou = decode_prompts(sam, embedding, boxes=jitter_boxes(mask_boxes(gt), g).to(dev))
         return low, iou, False
     if r < BOX_SHARE + ONE_POINT_SHARE:
         pts = random_points(gt, True, g)[:, None]
-        low, iou = decode_prompts(sam, embedding, points=(pts, torch.ones(K, 1)))
+        low, iou = decode_prompts(sam, embedding, points=(pts.to(dev), torch.ones(K, 1, device=dev)))
         return low, iou, True
     pts = torch.stack([random_points(gt, True, g), random_points(gt, True, g), random_points(gt, False, g)], 1)
-    labels = torch.tensor([[1.0, 1.0, 0.0]]).expand(K, 3)
-    low, iou = decode_prompts(sam, embedding, points=(pts, labels))
+    labels = torch.tensor([[1.0, 1.0, 0.0]], device=dev).expand(K, 3)
+    low, iou = decode_prompts(sam, embedding, points=(pts.to(dev), labels))
     return low, iou, False
 
 
 def prompted_mask_loss(sam: nn.Module, data: PromptScenes, pc: PretrainConfig,
                        g: torch.Generator) -> dict[str, Tensor | float]:
     """One batch's loss: {"loss": scalar tensor (mean over masks), "focal", "dice", "train_iou": floats
-    (means over masks of the trained output)}."""
+    (means over masks of the trained output)}. The scenes and the random draws stay on the CPU; the model
+    runs where its parameters are."""
     idx, x, inst = _flipped_batch(data, pc.batch_size, g)
     h, w = data.h, data.w
-    emb = sam.image_encoder(x)
+    dev = next(sam.parameters()).device
+    emb = sam.image_encoder(x.to(dev))
     losses: list[Tensor] = []
     focal_sum = dice_sum = iou_sum = 0.0
     n_masks = 0
@@ -83,6 +86,7 @@ def prompted_mask_loss(sam: nn.Module, data: PromptScenes, pc: PretrainConfig,
         low, iou_pred, multi = _prompt_and_decode(sam, emb[b:b + 1], gt, g)
         sl = slice(1, 4) if multi else slice(0, 1)
         logits = to_input_frame(sam, low[:, sl], h, w)                      # (K, M, h, w)
+        gt = gt.to(dev)
         target = gt[:, None].float().expand_as(logits)
         fl = focal_loss(logits, target, alpha=pc.focal_alpha)               # (K, M)
         dl = dice_loss(logits, target)
@@ -90,8 +94,8 @@ def prompted_mask_loss(sam: nn.Module, data: PromptScenes, pc: PretrainConfig,
         with torch.no_grad():
             true_iou = mask_iou(logits > 0, gt[:, None].expand_as(logits))
         iou_loss = F.mse_loss(iou_pred[:, sl], true_iou, reduction="none")  # (K, M)
-        best = mask_loss.argmin(dim=1) if multi else torch.zeros(K, dtype=torch.long)
-        ar = torch.arange(K)
+        best = mask_loss.argmin(dim=1) if multi else torch.zeros(K, dtype=torch.long, device=dev)
+        ar = torch.arange(K, device=dev)
         losses.append((mask_loss[ar, best] + pc.iou_weight * iou_loss.mean(1)).sum())
         focal_sum += float(fl.detach()[ar, best].sum())
         dice_sum += float(dl.detach()[ar, best].sum())

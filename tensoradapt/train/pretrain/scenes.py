@@ -14,7 +14,7 @@ from tqdm import tqdm  # not tqdm.auto: in notebooks that wants ipywidgets
 
 from ...sam import SamConfig
 
-__all__ = ["NYU_ASPECT", "input_size_for", "PromptScenes"]
+__all__ = ["NYU_ASPECT", "input_size_for", "palette_shift", "PromptScenes"]
 
 #: (H, W) of NYUv2 frames: the aspect the scenes are rendered at.
 NYU_ASPECT = (288, 384)
@@ -27,8 +27,22 @@ def input_size_for(cfg: SamConfig, aspect: tuple[int, int] = NYU_ASPECT) -> tupl
     return int(round(H * s)), int(round(W * s))
 
 
+def palette_shift(image: Tensor, rng: np.random.Generator) -> Tensor:
+    """A scene in another colour world: (3, h, w) in [0, 1] -> its channels permuted, each scaled by a gain
+    in U(0.6, 1.4), clipped, then raised to a gamma in U(0.6, 1.6). One palette per scene (drawn from `rng`).
+
+    Pretraining on such scenes opens a domain gap to the task scenes (natural palette), as SA-1B's
+    photographs differ from NYUv2's indoor frames: the encoder learns colour-blind, class-agnostic
+    segmentation, which a task may need to undo.
+    """
+    perm = torch.from_numpy(rng.permutation(3))
+    gain = torch.from_numpy(rng.uniform(0.6, 1.4, size=(3, 1, 1))).to(image.dtype)
+    gamma = float(rng.uniform(0.6, 1.6))
+    return (image[perm] * gain).clamp(0, 1) ** gamma
+
+
 class PromptScenes:
-    """`n` scenes of one synthetic stream, ready for SAM.
+    """`n` scenes of one synthetic stream, ready for SAM (`domain_gap`: "none" or "palette", :func:`palette_shift`).
 
     Attributes:
         inputs: (N, 3, S, S) float32, normalised (SAM pixel mean / std on 0-255) and zero-padded.
@@ -38,7 +52,7 @@ class PromptScenes:
     """
 
     def __init__(self, cfg: SamConfig, n: int, seed: int = 0, stream: str = "sam_train",
-                 min_area_frac: float = 0.004, progress: bool = False) -> None:
+                 min_area_frac: float = 0.004, domain_gap: str = "none", progress: bool = False) -> None:
         from ...data.synthetic import synthesize
 
         if n < 1:
@@ -55,7 +69,10 @@ class PromptScenes:
         min_area = max(4, int(min_area_frac * self.h * self.w))
         for i in tqdm(range(n), desc=f"render {stream} scenes", disable=not progress):
             s = synthesize(i, seed=seed, stream=stream, height=self.h, width=self.w)
-            img = torch.from_numpy(s["image"]).permute(2, 0, 1) * 255.0
+            img = torch.from_numpy(s["image"]).permute(2, 0, 1)
+            if domain_gap == "palette":
+                img = palette_shift(img, np.random.default_rng([seed, i, len(stream), 7919]))
+            img = img * 255.0
             self.inputs[i, :, : self.h, : self.w] = (img - mean) / std
             inst = torch.from_numpy(s["instance"].astype(np.int64))
             self.instances[i] = inst
