@@ -150,8 +150,7 @@ class DepthMeter(Meter):
         gt = target.double()
         valid = gt > 0
         err = (pred - gt).abs()[valid]
-        self._stats += torch.stack([err.sum(), (err / gt[valid]).sum(),
-                                    torch.tensor(float(err.numel()), dtype=torch.float64)]).cpu()
+        self._stats += torch.stack([err.sum(), (err / gt[valid]).sum(), valid.sum().double()]).cpu()
 
     @property
     def count(self) -> float:
