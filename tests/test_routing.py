@@ -171,3 +171,21 @@ def test_ids_validated_for_more_tasks_are_checked_against_a_smaller_T():
     CPDelta((4, 4, 4), 2)(torch.randn(2, 4), ids)  # valid for T = 4
     with pytest.raises(IndexError, match=r"task id 3 is outside \[0, T\) with T=3"):
         CPDelta((3, 4, 4), 2)(torch.randn(2, 4), ids)
+
+
+def test_repeated_task_ids_route_without_reading_them_back(monkeypatch):
+    from tensoradapt.deltas import check_task_index, repeated_task_ids
+
+    ids = repeated_task_ids([2, 0], 3, "cpu")
+    assert ids.tolist() == [2, 2, 2, 0, 0, 0] and ids.dtype == torch.long
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the ids were read back on the host (a device sync on a GPU)")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", no_read)
+    check_task_index(ids, 3)  # known valid: no read
+    with pytest.raises(IndexError, match="task id 2 is outside"):
+        check_task_index(ids, 2)  # and still refused for a model with fewer tasks
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="tasks must be a non-empty list of ids >= 0"):
+        repeated_task_ids([-1], 2, "cpu")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .base import INITS, ORTHOGONALITY_TERMS, PAPER_WIDTH, TaskDelta, check_init
 from .registry import DELTA_CLASSES, delta_class, make_delta, parse_ranks, register_delta, unregister_delta
-from .task_index import TaskIndex, check_task_index, checked_ids_on
+from .task_index import TaskIndex, check_task_index, checked_ids_on, repeated_task_ids
 
 # Imported in this order so that DECOMPS reads ("cp", "tucker", "tt", "lora", "shared-lora").
 from .cp import CPDelta
@@ -18,7 +18,7 @@ from .lora import LoRADelta, SharedLoRADelta
 __all__ = [
     "TaskDelta", "TaskIndex", "CPDelta", "TuckerDelta", "TTDelta", "LoRADelta", "SharedLoRADelta",
     "DELTA_CLASSES", "DECOMPS", "INITS", "check_init", "ORTHOGONALITY_TERMS", "PAPER_WIDTH", "make_delta", "parse_ranks",
-    "check_task_index", "checked_ids_on", "delta_class", "register_delta", "unregister_delta",
+    "check_task_index", "checked_ids_on", "repeated_task_ids", "delta_class", "register_delta", "unregister_delta",
 ]
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["TaskIndex", "check_task_index", "checked_ids_on"]
+__all__ = ["TaskIndex", "check_task_index", "checked_ids_on", "repeated_task_ids"]
 
 TaskIndex = int | Tensor
 
@@ -80,4 +80,17 @@ def checked_ids_on(task: Tensor, device: torch.device) -> Tensor:
     seen = _checked.get(task)
     if ids is not task and seen is not None and seen[0] == _version(task):
         _checked[ids] = (_version(ids), seen[1])
+    return ids
+
+
+def repeated_task_ids(tasks: list[int] | tuple[int, ...], repeats: int, device: torch.device | str) -> Tensor:
+    """Per-sample ids `(len(tasks) * repeats,)`: each task id repeated `repeats` times, task-major (a mixed-task
+    batch of `repeats` images per task). Filled on `device` (no host -> device copy) and remembered as checked,
+    since their range is known on the host: routing them costs no sync."""
+    tasks = [int(t) for t in tasks]
+    if not tasks or min(tasks) < 0:
+        raise ValueError(f"tasks must be a non-empty list of ids >= 0, got {tasks}")
+    ids = torch.cat([torch.full((repeats,), t, dtype=torch.long, device=device) for t in tasks])
+    if not _is_compiling():
+        _checked[ids] = (_version(ids), max(tasks) + 1)
     return ids

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from ..deltas import repeated_task_ids
 from ..inject import adapt, mark_trainable, task_deltas, task_linears, task_scope
 from .config import MSamConfig
 from .encoder import run_block
@@ -54,7 +55,7 @@ def encode_task_batch(
             f"the encoder is merged for task {sorted(merged)}: call tensoradapt.unmerge_adapters(model) "
             "before a multi-task forward (or request that task only)"
         )
-    ids = torch.tensor(list(task_indices), dtype=torch.long, device=x.device).repeat_interleave(x.shape[0])
+    ids = repeated_task_ids(task_indices, x.shape[0], x.device)  # no host sync, unlike ids built from a list
     with task_scope(encoder, ids):
         return run(x, len(task_indices))
 
