@@ -9,7 +9,9 @@ relative positions (`tensoradapt.sam.attention`), with and without activation ch
 
 Per variant: the peak tensor memory of one mSAM training step (T tasks, default 3, as one mixed-task batch, TA-LoRA
 at the paper's ranks; CPU: replayed from the profiler's memory records, CUDA: max_memory_allocated) and the
-median step time of `--repeats` interleaved steps; ratios against segment-anything's attention.
+median step time of `--repeats` interleaved steps; ratios against segment-anything's attention. "needs MiB" adds
+what a training run holds besides the step (weights, buffers, AdamW's moments of the trainable parameters): the
+memory a device must have for that model size and batch.
 """
 from __future__ import annotations
 
@@ -54,6 +56,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def resident_bytes(model: torch.nn.Module) -> int:
+    """What a training run holds besides one step's peak: the weights and buffers, and AdamW's two moments of
+    every trainable parameter (fp32)."""
+    held = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return held + sum(2 * p.numel() * 4 for p in model.parameters() if p.requires_grad)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.malloc == "steady":
@@ -68,7 +77,7 @@ def main(argv=None) -> dict:
         set_attention(model.image_encoder, attention)
         step = with_amp(args, train_step(model, images))
         peak = peak_tensor_bytes(step, args.device)
-        rows.append({"variant": name, "peak MiB": peak / 2**20})
+        rows.append({"variant": name, "peak MiB": peak / 2**20, "needs MiB": (peak + resident_bytes(model)) / 2**20})
         steps[name] = step  # the model stays alive through the closure
     if args.repeats > 0:
         timings = interleaved_medians(steps, repeats=args.repeats, warmup=0, device=args.device)
@@ -82,7 +91,7 @@ def main(argv=None) -> dict:
                 row["time vs sam"] = row["step s"] / ref["step s"]
     print(f"\nmSAM {args.model} at {args.image_size}², batch {args.batch}, T={args.tasks}, tucker (4, 32, 32), {args.device}, "
           f"amp {args.amp}, {torch.get_num_threads()} threads")
-    table = print_table(rows, ["variant", "peak MiB", "memory vs sam", "step s", "time vs sam"])
+    table = print_table(rows, ["variant", "peak MiB", "memory vs sam", "needs MiB", "step s", "time vs sam"])
     out = args.out or f"runs/benchmarks/bench_attention_{args.model}.json"
     payload = {"args": vars(args), "machine": machine_info(), "rows": rows, "table": table}
     write_json(out, payload)

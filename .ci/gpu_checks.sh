@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one script for a lent CUDA machine (CI has none):
+#   .ci/gpu_checks.sh tests bench          # CUDA tests, then the attention benchmark at 1024² (ViT-B, ViT-L)
+# Missing pure-Python packages travel as wheels in .whl/ (segment-anything, tensorly); results go to $OUT
+# (default runs/gpu_checks). Each part has its own time limit, so one that hangs leaves the others' results.
+set -uo pipefail
+OUT=${OUT:-runs/gpu_checks}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TENSORADAPT_CACHE=${TENSORADAPT_CACHE:-/tmp/tensoradapt-cache}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+
+for part in "$@"; do
+  case $part in
+  tests)
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_sam_attention.py 2>&1 \
+      | tee "$OUT/tests.log" ;;
+  bench)
+    timeout 200 python3 experiments/benchmarks/bench_attention.py --model vit_b --image-size 1024 --batch 1 \
+      --device cuda --amp bf16 --repeats 5 --out "$OUT/bench_attention_vit_b.json" 2>&1 | tee "$OUT/bench_vit_b.log"
+    timeout 240 python3 experiments/benchmarks/bench_attention.py --model vit_l --image-size 1024 --batch 2 \
+      --device cuda --amp bf16 --repeats 3 --out "$OUT/bench_attention_vit_l.json" 2>&1 | tee "$OUT/bench_vit_l.log" ;;
+  *) echo "unknown part $part (tests, bench)"; exit 2 ;;
+  esac
+done
