@@ -26,7 +26,18 @@ from tensoradapt.train.finetune import UsageError
 
 # flags passed to every cell as they are (the FinetuneConfig option of the same name)
 RUN_FLAGS = ("epochs", "train_size", "val_size", "batch_size", "model", "checkpoint", "data", "data_root",
-             "device", "threads")
+             "device", "threads", "amp", "num_workers")
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """"I/N" -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be I/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data-root", default=None)
     a("--device", default=None)
     a("--threads", type=int, default=None, help="torch intra-op threads per cell (default: torch's)")
+    a("--amp", default=None, help="auto (bf16 on CUDA), bf16 or off")
+    a("--num-workers", type=int, default=None, help="data-loading processes per cell")
+    a("--shard", type=shard_spec, default=None,
+      help="I/N: run only every N-th unfinished cell, starting at the I-th (0-based), so N processes share the "
+           "sweep (e.g. --shard 0/2 and --shard 1/2 on 2 cores); then --table-only builds the table")
     a("--dry-run", action="store_true", help="print the cells and exit")
     a("--table-only", action="store_true", help="only rebuild the table and the plots")
     return p
@@ -82,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[rank_ablation] {len(rows)} finished cells -> {out / ablation.TABLE_CSV}")
         return 0
     try:
-        ablation.run_grid(grid, out)
+        ablation.run_grid(grid, out, shard=args.shard)
     except UsageError as e:
         print(f"rank_ablation.py: error: {e}", file=sys.stderr)
         return 2

@@ -58,7 +58,7 @@ def small_grid(data_root: Path, seeds=(0, 1)) -> ra.Grid:
 
 def test_grids_are_well_formed():
     full, quick = ra.default_grid(), ra.quick_grid()
-    assert len(full.cells()) == 2 * (4 * 5 + 1)  # seeds x (5 decomps x 4 ranks + frozen)
+    assert len(full.cells()) == 3 * (2 * 4 + 3 + 2)  # seeds x (4 decomps x 2 ranks + LoRA-STL x 3 + frozen, full)
     assert len(set(c.name for c in full.cells())) == len(full.cells())
     assert full.cells()[0].decomp == ra.BASELINE_DECOMP  # the baseline runs first
     for grid in (full, quick):
@@ -78,7 +78,7 @@ def test_sweep_writes_table_and_plots_then_skips_and_resumes(tmp_path, mini_data
     grid = small_grid(mini_data)
     rows = ra.run_grid(grid, out, log=lambda *_: None, train_cell=toy_cell)
     assert len(rows) == len(grid.cells()) == 8
-    for name in (ra.TABLE_CSV, ra.TABLE_JSON, ra.SUMMARY_CSV, ra.DM_PLOT, ra.RANK_PLOT):
+    for name in (ra.TABLE_CSV, ra.TABLE_JSON, ra.SUMMARY_CSV, ra.SUMMARY_MD, ra.DM_PLOT, ra.RANK_PLOT):
         assert (out / name).stat().st_size > 0, name
     assert (out / ra.DM_PLOT).read_bytes()[:4] == b"\x89PNG"
     with open(out / ra.TABLE_CSV) as f:
@@ -93,8 +93,19 @@ def test_sweep_writes_table_and_plots_then_skips_and_resumes(tmp_path, mini_data
             assert math.isfinite(r["delta_m"])
     by = {(r["decomp"], r["ranks"]): r for r in ra.load_table(out) if r["seed"] == 0}
     assert by[("lora", "4")]["trainable_params"] > by[("lora", "2")]["trainable_params"]
+    for r in ra.load_table(out):  # paired against the frozen encoder of the same seed
+        if r["decomp"] == "frozen":
+            assert r["delta_m_vs_frozen"] == 0.0
+        assert math.isfinite(r["delta_m_vs_frozen"])
     summary = list(csv.DictReader(open(out / ra.SUMMARY_CSV)))
     assert len(summary) == 4 and all(s["seeds"] == "2" for s in summary)
+    tucker = [r["delta_m"] for r in ra.load_table(out) if r["decomp"] == "tucker"]
+    row = next(s for s in summary if s["decomp"] == "tucker")
+    assert float(row["delta_m_ci95"]) == pytest.approx(ra.t_interval(tucker))
+    md = (out / ra.SUMMARY_MD).read_text().splitlines()
+    assert len(md) == 2 + 4 and md[0].startswith("| decomp | ranks | seeds | trainable | semantic/mIoU")
+    tucker_line = next(l for l in md if l.startswith("| tucker |"))
+    assert f"{float(row['delta_m']):.2f} ± {float(row['delta_m_ci95']):.2f}" in tucker_line
 
     # Re-running skips every finished cell ...
     calls = []
@@ -128,3 +139,9 @@ def test_per_seed_sweeps_share_one_table_and_stale_cells_are_refused(tmp_path, m
     changed.run["epochs"] = 2
     with pytest.raises(finetune.UsageError, match=r"other settings \(epochs 1 -> 2\)"):
         ra.run_grid(changed, out, log=lambda *_: None, train_cell=toy_cell)
+
+
+def test_t_interval_matches_the_textbook_value():
+    assert ra.t_interval([1.0, 2.0, 3.0]) == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)  # t(0.975, 2 dof) sd/sqrt(n)
+    assert ra.t_interval([5.0, 5.0]) == 0.0
+    assert math.isnan(ra.t_interval([1.0]))

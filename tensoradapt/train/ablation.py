@@ -3,7 +3,8 @@
 Every cell is one fine-tuning run (`tensoradapt.train.finetune.run`) in `<out>/cells/<decomp>_r<ranks>_s<seed>/`.
 Re-running skips finished cells (results.json present) and resumes an interrupted one from its last.pt.
 Outputs in `<out>`: table.csv / table.json (one row per cell: metrics, delta-m vs the LoRA-STL cell of the
-same seed, trainable parameters, times), summary.csv (mean / std over seeds), delta_m_vs_params.png and
+same seed and vs the frozen encoder of the same seed, trainable parameters, times), summary.csv (mean / std
+over seeds, 95 % t-intervals of the paired differences), delta_m_vs_params.png and
 metric_vs_rank.png (`tensoradapt.train.plots`).
 """
 from __future__ import annotations
@@ -27,10 +28,11 @@ from .results import RESULTS
 __all__ = [
     "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "cell_done", "stale_settings", "seeds_on_disk",
     "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns", "BASELINE_DECOMP",
-    "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "DM_PLOT", "RANK_PLOT", "DEFAULT_RUN", "QUICK_RUN",
+    "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT", "RANK_PLOT", "DEFAULT_RUN", "QUICK_RUN", "PAIRED_COLUMNS",
+    "t_interval",
 ]
 
-TABLE_CSV, TABLE_JSON, SUMMARY_CSV = "table.csv", "table.json", "summary.csv"
+TABLE_CSV, TABLE_JSON, SUMMARY_CSV, SUMMARY_MD = "table.csv", "table.json", "summary.csv", "summary.md"
 DM_PLOT, RANK_PLOT = "delta_m_vs_params.png", "metric_vs_rank.png"
 BASELINE_DECOMP = "lora"  # LoRA-STL: independent per-task LoRA
 REFERENCES = ("frozen", "full")  # cells without ranks, drawn as horizontal lines
@@ -59,12 +61,13 @@ class Grid:
     `FinetuneConfig.updated`, e.g. {"epochs": 2, "val_size": 100})."""
 
     decomps: tuple[str, ...] = ("tucker", "cp", "tt", "lora", "shared-lora")
+    # the smallest rank (8: tucker's is the paper's (4, 32, 32) scaled to the tiny width, 128 / 768) and the
+    # largest (32: the paper's own); lora 16 matches tucker (4, 32, 32) in trainable parameters
     levels: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
-        "tucker": (4, 8, 16, 32), "cp": (8, 16, 32, 64), "tt": (4, 8, 16, 32),
-        "lora": (4, 8, 16, 32), "shared-lora": (4, 8, 16, 32)})
+        "tucker": (8, 32), "cp": (8, 32), "tt": (8, 32), "lora": (8, 16, 32), "shared-lora": (8, 32)})
     task_rank: int = 4                      # Tucker's r_task (the paper's R3)
-    references: tuple[str, ...] = ("frozen",)
-    seeds: tuple[int, ...] = (0, 1)
+    references: tuple[str, ...] = ("frozen", "full")
+    seeds: tuple[int, ...] = (0, 1, 2)
     baseline_level: int = 8                 # the LoRA-STL cell delta-m is measured against
     run: dict[str, Any] = field(default_factory=dict)
 
@@ -108,13 +111,13 @@ class Grid:
         return d
 
 
-# Sized so that the default grid takes about an hour on 2 CPU cores (42 cells, ~80 s each once the data
-# and the pretrained tiny SAM are cached), and the quick grid a couple of minutes.
-DEFAULT_RUN = dict(epochs=2, train_size=None, val_size=100, batch_size=4, progress=False, num_figures=2)
+# The default grid runs each cell as `sam_mtl.py` does by default (5 epochs of the 600 training scenes, all
+# 200 validation scenes): 39 cells; the quick grid takes a couple of minutes.
+DEFAULT_RUN = dict(progress=False, num_figures=2)
 QUICK_RUN = dict(epochs=2, train_size=32, val_size=16, batch_size=4, progress=False, num_figures=2)
 
 
-def default_grid(seeds: Sequence[int] = (0, 1), **run: Any) -> Grid:
+def default_grid(seeds: Sequence[int] = (0, 1, 2), **run: Any) -> Grid:
     return Grid(seeds=tuple(seeds), run={**DEFAULT_RUN, **run})
 
 
@@ -146,10 +149,12 @@ def seeds_on_disk(out: Path) -> set[int]:
 
 
 def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
-             train_cell: Callable[..., Any] = run) -> list[dict[str, Any]]:
+             train_cell: Callable[..., Any] = run, shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Run every unfinished cell (resuming a half-trained one), then write the table and the plots.
 
-    `train_cell(cfg, resume=...)` trains one cell (default: the fine-tuning recipe's `run`)."""
+    `train_cell(cfg, resume=...)` trains one cell (default: the fine-tuning recipe's `run`). `shard=(i, n)`:
+    only the cells at positions i, i + n, i + 2n, ... of `grid.cells()`, so n processes share a sweep in
+    one `out` without running a cell twice."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "grid.json", grid.to_dict())
@@ -160,6 +165,11 @@ def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
             raise UsageError(
                 f"cell {c.name} in {out} was run with other settings ({', '.join(stale)}): "
                 "use another --out, or delete that cell to rerun it")
+    if shard is not None:
+        i, n = shard
+        if not 0 <= i < n:
+            raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+        cells = cells[i::n]
     todo = [c for c in cells if not cell_done(out, c)]
     log(f"[rank_ablation] {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {out}")
     t0, done_times = time.perf_counter(), []
@@ -212,6 +222,13 @@ def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
                 row["delta_m"] = float(delta_m(res["metrics"], base["metrics"], tasks))
             except ValueError as e:  # e.g. a baseline metric at 0: the relative change is undefined
                 row["delta_m_note"] = str(e)
+        frozen = next((r for c, r in results.items() if c.seed == cell.seed and c.decomp == "frozen"), None)
+        row["delta_m_vs_frozen"] = None
+        if frozen is not None:
+            try:
+                row["delta_m_vs_frozen"] = float(delta_m(res["metrics"], frozen["metrics"], tasks))
+            except ValueError:
+                pass
         row.update(steps=res["steps"], train_time_s=round(res["train_time_s"], 2),
                    wall_time_s=round(res["wall_time_s"], 2), cell=cell.name)
         rows.append(row)
@@ -219,7 +236,8 @@ def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
 
 
 def write_outputs(grid: Grid, out: Path) -> list[dict[str, Any]]:
-    """table.json / table.csv / summary.csv and the two plots from the finished cells; returns the rows."""
+    """table.json / table.csv / summary.csv / summary.md and the two plots from the finished cells; returns
+    the rows."""
     rows = collect_rows(grid, out)
     if not rows:
         return rows
@@ -228,7 +246,9 @@ def write_outputs(grid: Grid, out: Path) -> list[dict[str, Any]]:
     out = Path(out)
     atomic_write_json(out / TABLE_JSON, {"grid": grid.to_dict(), "rows": rows})
     _write_csv(out / TABLE_CSV, rows)
-    _write_csv(out / SUMMARY_CSV, summarize(rows))
+    summary = summarize(rows)
+    _write_csv(out / SUMMARY_CSV, summary)
+    atomic_write_text(out / SUMMARY_MD, summary_markdown(summary))
     plot_delta_m_vs_params(rows, out / DM_PLOT)
     plot_metric_vs_rank(rows, out / RANK_PLOT)
     return rows
@@ -253,8 +273,23 @@ def metric_columns(rows: Iterable[dict]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r if "/" in k))
 
 
+#: the paired differences (per seed, against a reference cell of the same seed) that get a 95 % interval
+PAIRED_COLUMNS = ("delta_m", "delta_m_vs_frozen")
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> float:
+    """Half-width of the Student-t confidence interval of the mean of `values` (nan for fewer than 2)."""
+    from scipy.stats import t
+
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    return float(t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / n ** 0.5
+
+
 def summarize(rows: list[dict]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds of every numeric column, per (decomp, ranks)."""
+    """Mean and standard deviation over seeds of every numeric column, per (decomp, ranks); for the paired
+    differences (`PAIRED_COLUMNS`) also the half-width of their 95 % t-interval (`<column>_ci95`)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["decomp"], r["ranks"]), []).append(r)
@@ -262,10 +297,40 @@ def summarize(rows: list[dict]) -> list[dict[str, Any]]:
     for (decomp, ranks), rs in groups.items():
         s: dict[str, Any] = {"decomp": decomp, "ranks": ranks, "level": rs[0]["level"], "seeds": len(rs),
                              "trainable_params": rs[0]["trainable_params"]}
-        for k in metric_columns(rs) + ["delta_m", "train_time_s"]:
+        for k in metric_columns(rs) + [*PAIRED_COLUMNS, "train_time_s"]:
             vals = [r[k] for r in rs if isinstance(r.get(k), (int, float))]
             if vals:
                 s[k] = statistics.mean(vals)
                 s[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                if k in PAIRED_COLUMNS:
+                    s[f"{k}_ci95"] = t_interval(vals)
         out.append(s)
     return out
+
+
+def _pm(row: dict[str, Any], key: str, digits: int, interval: str = "_std") -> str:
+    if not isinstance(row.get(key), (int, float)):
+        return "–"
+    spread = row.get(key + interval)
+    known = isinstance(spread, (int, float)) and spread == spread  # nan: one seed, no interval
+    return f"{row[key]:.{digits}f}" + (f" ± {spread:.{digits}f}" if known else "")
+
+
+def summary_markdown(summary: list[dict[str, Any]]) -> str:
+    """The summary as a Markdown table: per (decomp, ranks) the seeds, trainable parameters, each task's
+    main metric (mean ± std over seeds), Δm vs LoRA-STL and vs the frozen encoder (mean ± the half-width of
+    the 95 % t-interval of the per-seed paired differences)."""
+    from ..mtl import get_tasks
+
+    names = [c.split("/")[0] for c in metric_columns(summary) if not c.endswith(("_std", "_ci95"))]
+    tasks = get_tasks(tuple(dict.fromkeys(names)))
+    metrics = [f"{t}/{spec.main_metric}" for t, spec in tasks.items()]
+    head = ["decomp", "ranks", "seeds", "trainable", *metrics, "Δm vs LoRA-STL (95 % CI)", "Δm vs frozen (95 % CI)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {d: k for k, d in enumerate(("frozen", "lora", "shared-lora", "tucker", "cp", "tt", "full"))}
+    for r in sorted(summary, key=lambda r: (order.get(r["decomp"], 9), r["trainable_params"])):
+        cells = [r["decomp"], r["ranks"] or "–", str(r["seeds"]), f"{r['trainable_params']:,}",
+                 *(_pm(r, m, 3 if "err" in m else 2) for m in metrics),
+                 _pm(r, "delta_m", 2, "_ci95"), _pm(r, "delta_m_vs_frozen", 2, "_ci95")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
