@@ -66,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward (less memory)")
     a("--orth-weight", type=float, default=t.orth_weight, help="orthogonality penalty weight")
     a("--task-weights", type=task_weights, default={}, help="e.g. semantic=1,depth=0.5,normal=1")
-    a("--lr-scale", type=task_weights, default={}, help="lr multipliers per parameter group (delta, embed, "
-      "decoder, encoder), e.g. delta=0.33,embed=10")
+    a("--lr-scale", type=task_weights, default=None,
+      help="lr multipliers per parameter group (delta, embed, decoder, encoder), e.g. delta=1,embed=1; the groups "
+           "given replace the defaults (" + ",".join(f"{k}={v:g}" for k, v in t.lr_scale.items()) + "), "
+           "the others keep theirs")
     a("--no-augment", dest="augment", action="store_false", help="no random scale-crop / flip")
     a("--amp", default=t.amp, help="auto (bf16 on CUDA), bf16 or off")
     a("--compile", action="store_true", help="torch.compile the model")
@@ -93,6 +95,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     options["tasks"] = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     if options["max_grad_norm"] == 0:
         options["max_grad_norm"] = None
+    defaults = FinetuneConfig().train.lr_scale
+    options["lr_scale"] = defaults if args.lr_scale is None else {**defaults, **args.lr_scale}
     return FinetuneConfig().updated(**options)
 
 

@@ -123,7 +123,7 @@ def test_resume_differences_ignore_tolerant_fields_only():
     assert later.resume_differences(stored) == {}
     changed = cfg.updated(ranks=3, lr=0.5, image_size=(48, 64))
     assert changed.resume_differences(stored) == {
-        "ranks": (2, 3), "lr": (1e-3, 0.5), "image_size": (None, [48, 64])}
+        "ranks": (2, 3), "lr": (FinetuneConfig().train.lr, 0.5), "image_size": (None, [48, 64])}
 
 
 # ---------------------------------------------------------------------------- runs with the real tiny mSAM
@@ -304,6 +304,13 @@ def test_lr_scale_reaches_the_optimizer_of_the_recipe(mini, tmp_path):
         "delta": [pytest.approx(5e-4)], "embed": [pytest.approx(1e-2)], "decoder": [pytest.approx(1e-3)],
     }
     # the deltas sit under the encoder's names: scaling the encoder alone must not reach them
-    args = base_args(mini, tmp_path / "e", "--lr", "1e-3", "--lr-scale", "encoder=0.25")
+    args = base_args(mini, tmp_path / "e", "--lr", "1e-3", "--lr-scale", "encoder=0.25,delta=1")
     finetune.run(sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(args)), callbacks=[capture])
     assert sorted(seen["delta"]) == [pytest.approx(1e-3)]
+    # without --lr-scale: the recipe's defaults; a group given replaces its default only
+    defaults = FinetuneConfig().train.lr_scale
+    args = base_args(mini, tmp_path / "d", "--lr", "1e-3", "--lr-scale", "delta=2")
+    cfg = sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(args))
+    assert cfg.train.lr_scale == {**defaults, "delta": 2.0}
+    args = base_args(mini, tmp_path / "d", "--lr", "1e-3")
+    assert sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(args)).train.lr_scale == defaults

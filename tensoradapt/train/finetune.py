@@ -25,7 +25,7 @@ from .checkpoint import CheckpointError
 from .distributed import barrier, cleanup_distributed, init_distributed
 from .engine import Trainer
 from ..sam import MultiTaskSAMBase, msam_param_groups
-from .finetune_config import FinetuneConfig, MSamOptions, UsageError, finetune_train_config
+from .finetune_config import FINETUNE_TRAIN_DEFAULTS, PRETRAINED_MODELS, FinetuneConfig, MSamOptions, UsageError, finetune_train_config
 from .resume import LAST
 from .results import (
     RESULTS, RUN_CONFIG, parameter_counts, rank_text, results_record, summary_line, write_figures, write_results,
@@ -43,24 +43,30 @@ def _log(msg: str, main: bool = True) -> None:
 
 
 def resolve_data_root(cfg: FinetuneConfig, main: bool = True) -> Path:
-    """The dataset folder; the synthetic one is generated (or reused from the cache) here."""
+    """The dataset folder; the synthetic one is generated (or reused from the cache) here, rendered at
+    `cfg.synthetic_render_size()` unless `cfg.data_root` already holds a finished one."""
     if cfg.data == "nyuv2":
         return Path(cfg.data_root)
     from ..data import ensure_synthetic
+    from ..data.synthetic import synthetic_is_complete
 
-    return ensure_synthetic(cfg.data_root, progress=main and cfg.train.progress)
+    if cfg.data_root is not None and synthetic_is_complete(cfg.data_root):
+        return Path(cfg.data_root)  # a finished synthetic dataset, at whatever size it was rendered
+    height, width = cfg.synthetic_render_size()
+    return ensure_synthetic(cfg.data_root, height=height, width=width, progress=main and cfg.train.progress)
 
 
 def resolve_checkpoint(cfg: FinetuneConfig, main: bool = True) -> str | None:
-    """The SAM checkpoint path: the given one, none ("none"), or the pretrained tiny SAM (built on first use)."""
+    """The SAM checkpoint path: the given one, none ("none"), or the project's pretrained SAM of `cfg.model`
+    (`PRETRAINED_MODELS`: tiny_p8's ships in the package, tiny's is built on first use)."""
     if cfg.checkpoint == "none":
         return None
     if cfg.checkpoint is not None:
         return cfg.checkpoint
-    if cfg.model == "tiny":
-        from .pretrain import ensure_tiny_sam_checkpoint
+    if cfg.model in PRETRAINED_MODELS:
+        from .pretrain import pretrained_checkpoint
 
-        return str(ensure_tiny_sam_checkpoint(progress=main and cfg.train.progress))
+        return str(pretrained_checkpoint(cfg.model, progress=main and cfg.train.progress))
     _log(f"warning: no --checkpoint for --model {cfg.model}: the SAM weights are random", main)
     return None
 
@@ -117,7 +123,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
     except ValueError as e:
         raise UsageError(f"--device: {e}") from None
     main = info.is_main
-    threads = cfg.threads or (1 if info.device.type == "cpu" and cfg.model in ("tiny", "sam2_cpu") else 0)
+    threads = cfg.threads or (1 if info.device.type == "cpu" and cfg.model in (*PRETRAINED_MODELS, "sam2_cpu") else 0)
     if threads:
         torch.set_num_threads(threads)
     out = cfg.out_dir
@@ -147,9 +153,13 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
     if main:
         atomic_write_json(out / RUN_CONFIG, cfg.to_dict())
 
-    trainer = Trainer(model, tasks, train, val, cfg.train, out_dir=out, extra_state={"run_config": cfg.to_dict()},
-                      callbacks=callbacks, dist_info=info,
-                      param_groups_by=msam_param_groups(model) if isinstance(model, MultiTaskSAMBase) else None)
+    train_cfg, groups = cfg.train, None
+    if isinstance(model, MultiTaskSAMBase):
+        groups = msam_param_groups(model)
+    elif train_cfg.lr_scale == FINETUNE_TRAIN_DEFAULTS["lr_scale"]:
+        train_cfg = train_cfg.replace(lr_scale={})  # the recipe's default multipliers name mSAM's groups
+    trainer = Trainer(model, tasks, train, val, train_cfg, out_dir=out, extra_state={"run_config": cfg.to_dict()},
+                      callbacks=callbacks, dist_info=info, param_groups_by=groups)
     try:
         summary = trainer.fit(resume=resume)
     except CheckpointError as e:

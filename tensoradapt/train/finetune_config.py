@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -20,14 +21,24 @@ from .config import TrainConfig
 
 __all__ = [
     "UsageError", "MSamOptions", "FinetuneConfig", "finetune_train_config", "MODELS", "DATASETS", "DECOMPS",
-    "FINETUNE_TRAIN_DEFAULTS", "flag",
+    "FINETUNE_TRAIN_DEFAULTS", "PRETRAINED_MODELS", "flag",
 ]
 
 MODELS: tuple[str, ...] = (*SAM_CONFIGS, *SAM2_CONFIGS)
+#: the sizes with a project-pretrained SAM (`tensoradapt.train.pretrain.pretrained_checkpoint`), used when no
+#: --checkpoint is given: tiny_p8's ships in the package (the embedded benchmark's), tiny's is built on first use
+PRETRAINED_MODELS: tuple[str, ...] = ("tiny_p8", "tiny")
 DATASETS: tuple[str, ...] = ("synthetic", "nyuv2")
+#: the largest (H, W) synthetic scenes are rendered at (NYUv2's frames)
+SYNTHETIC_MAX_HW = (288, 384)
 
 #: where fine-tuning departs from `TrainConfig`'s defaults
-FINETUNE_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 5, "warmup_ratio": 0.05, "max_grad_norm": 1.0}
+FINETUNE_TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 5, "warmup_ratio": 0.05, "max_grad_norm": 1.0, "lr": 3e-3,
+    # measured on the embedded benchmark (docs/embedded_benchmark.md): the no-mask embeddings learn 10x
+    # faster, the encoder's deltas (and the whole encoder, with "full") 3x slower than the decoders
+    "lr_scale": {"embed": 10.0, "delta": 0.33, "encoder": 0.33},
+}
 
 #: CLI flags whose name is not the field's
 _FLAGS = {"ckpt_every_steps": "--ckpt-every"}
@@ -90,7 +101,7 @@ class FinetuneConfig:
     """Everything one fine-tuning run was asked to do (validated on construction; saved as run_config.json).
 
     `model`: SAM size (`MODELS`); `checkpoint`: an official-format SAM checkpoint of that size (None: the
-    pretrained tiny SAM, built on first use, for "tiny"; "none": random init); `data` / `data_root`: the
+    project's pretrained SAM for `PRETRAINED_MODELS`, else random weights; "none": random init); `data` / `data_root`: the
     dataset (`DATASETS`; the synthetic scenes are generated on first use); `image_size`: (H, W) the samples
     are resized to (None: the model's default); `train_size` / `val_size`: use only the first N samples;
     `threads`: torch intra-op threads (0: 1 for tiny on CPU, else torch's); `out`: output folder (None:
@@ -98,7 +109,7 @@ class FinetuneConfig:
     `num_figures`: validation images drawn in predictions.png.
     """
 
-    model: str = "tiny"
+    model: str = "tiny_p8"
     checkpoint: str | None = None
     data: str = "synthetic"
     data_root: str | None = None
@@ -209,6 +220,14 @@ class FinetuneConfig:
         """NYUv2's 3:4 aspect with the long side at the SAM input size."""
         side = get_model_config(self.model).image_size
         return (side * 3 // 4, side)
+
+    def synthetic_render_size(self) -> tuple[int, int]:
+        """(H, W) the synthetic scenes are rendered at: 1.5x the training size (the largest zoom of the
+        scale-crop augmentation then still has a pixel per input pixel), at most NYUv2's 288 x 384. Rendering
+        no larger than that keeps loading a sample (~4x cheaper at the tiny models' 144 x 192 than at
+        288 x 384) from costing as much as the training step."""
+        h, w = self.image_size or self.default_image_size()
+        return (min(SYNTHETIC_MAX_HW[0], math.ceil(1.5 * h)), min(SYNTHETIC_MAX_HW[1], math.ceil(1.5 * w)))
 
     # ---- composing -------------------------------------------------------------------------------
     def updated(self, **changes: Any) -> "FinetuneConfig":
