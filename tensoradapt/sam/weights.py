@@ -66,7 +66,8 @@ def _listing(items: list[str]) -> str:
 def read_sam_checkpoint(source: SamWeightsSource) -> tuple[dict[str, Tensor], str]:
     """Load a SAM state dict on the CPU; return it with a name for error messages.
 
-    `source` is a path to a `torch.save`d state dict (read with `weights_only=True`), a transformers-format
+    `source` is a path to a `torch.save`d state dict (read with `weights_only=True`) or a `.safetensors` file
+    of one (the official key layout either way), a transformers-format
     folder (`config.json` + `model.safetensors`, as `SamModel.save_pretrained` writes and the Hub serves; its
     keys are mapped onto the official layout by `tensoradapt.interop.read_hub_sam`) or an in-memory mapping.
     A `{"model": state_dict}` / `{"state_dict": state_dict}` wrapper is unwrapped.
@@ -83,8 +84,13 @@ def read_sam_checkpoint(source: SamWeightsSource) -> tuple[dict[str, Tensor], st
         if not path.is_file():
             raise FileNotFoundError(f"SAM checkpoint {path} does not exist (checkpoint={str(source)!r})")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle errors, truncated files, non-weights objects
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(path, device="cpu")
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle / safetensors errors, truncated files, non-weights objects
             raise SamCheckpointError(f"cannot read SAM checkpoint {path}: {type(e).__name__}: {e}") from e
     if isinstance(state, Mapping):
         for wrapper in ("model", "state_dict"):

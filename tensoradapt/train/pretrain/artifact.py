@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,7 +23,7 @@ from ..._utils import atomic_write_bytes
 from ...sam import SamConfig, build_sam
 
 __all__ = ["CHECKPOINT_FORMAT", "write_checkpoint", "file_sha256", "report_path", "read_report",
-           "load_sam_checkpoint"]
+           "load_sam_checkpoint", "code_revision"]
 
 CHECKPOINT_FORMAT = ("official SAM state dict (image_encoder.*, prompt_encoder.*, mask_decoder.*); "
                      "load with sam.load_state_dict(torch.load(path, weights_only=True))")
@@ -67,3 +68,17 @@ def load_sam_checkpoint(path: str | os.PathLike, model: str | SamConfig = "tiny"
     state = torch.load(path, map_location="cpu", weights_only=True)
     sam.load_state_dict(state, strict=True)
     return sam
+
+
+def code_revision() -> str:
+    """The git commit of this code (with "+dirty" when its work tree has changes), or "unknown" (not a
+    git checkout: an installed wheel)."""
+    repo = Path(__file__).resolve().parents[3]
+    try:
+        rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")

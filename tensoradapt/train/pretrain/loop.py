@@ -31,7 +31,7 @@ from ..._utils import atomic_write_json
 from ...sam import build_sam, get_sam_config
 from ..optim import build_optimizer, no_decay_1d, param_groups
 from ..schedule import build_scheduler
-from .artifact import CHECKPOINT_FORMAT, report_path, write_checkpoint
+from .artifact import CHECKPOINT_FORMAT, code_revision, report_path, write_checkpoint
 from .config import PRETRAIN_VERSION, PretrainConfig
 from .evaluate import evaluate_prompted_iou
 from .objective import prompted_mask_loss
@@ -140,6 +140,7 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
         "steps": pc.steps,
         "torch_threads": 1,
         "torch_version": torch.__version__,
+        "code_revision": code_revision(),
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "input_hw": [data.h, data.w],
         "n_train_scenes": len(data),

@@ -1,0 +1,127 @@
+"""The pretrained `tiny_p8` SAM that ships inside the package: the embedded benchmark's foundation model.
+
+Pretraining it to the quality the benchmark needs (:data:`SHIPPED_CONFIG`, about 50 minutes on one core) costs
+more than a first run can afford, so its weights ship as fp16 safetensors (``tensoradapt/assets/``, ~2.3 MB) with
+a provenance JSON beside them: the exact command, the config, the recipe version, the code revision, the device,
+the held-out IoUs (of the fp32 weights and of the shipped fp16 ones) and the sha256 of the shipped file and of
+the fp32 checkpoint it was made from.
+
+    path = shipped_checkpoint()          # the bytes checked against the provenance first
+    python experiments/pretrain_sam.py --model tiny_p8 --steps 8000 --n-scenes 1000 --domain-gap palette --ship
+
+regenerates it (``--ship`` calls :func:`export_shipped` on the finished run).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..._utils import atomic_path, atomic_write_json
+from ...sam import get_sam_config
+from .artifact import code_revision, file_sha256, read_report
+from .config import PRETRAIN_VERSION, PretrainConfig
+from .evaluate import evaluate_prompted_iou
+from .scenes import PromptScenes
+
+__all__ = ["ASSETS", "SHIPPED_CONFIG", "ShippedCheckpointError", "shipped_paths", "shipped_checkpoint",
+           "export_shipped"]
+
+#: the package's data folder
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+#: the recipe of the shipped checkpoint
+SHIPPED_CONFIG = PretrainConfig(model="tiny_p8", steps=8000, n_scenes=1000, domain_gap="palette")
+
+
+class ShippedCheckpointError(RuntimeError):
+    """The shipped checkpoint is missing or does not match its provenance."""
+
+
+def shipped_paths(model: str = SHIPPED_CONFIG.model, folder: str | os.PathLike = ASSETS) -> tuple[Path, Path]:
+    """(weights, provenance) of the shipped checkpoint of `model`."""
+    folder = Path(folder)
+    return folder / f"{model}_sam.safetensors", folder / f"{model}_sam.provenance.json"
+
+
+def shipped_checkpoint(model: str = SHIPPED_CONFIG.model, folder: str | os.PathLike = ASSETS) -> Path:
+    """Path of the shipped checkpoint of `model`, after checking that its bytes match the sha256 of its
+    provenance; raises :class:`ShippedCheckpointError` naming what is wrong (a half-copied or edited file is
+    never loaded)."""
+    weights, provenance = shipped_paths(model, folder)
+    if not weights.is_file() or not provenance.is_file():
+        raise ShippedCheckpointError(f"no shipped checkpoint for model {model!r} in {Path(folder)} "
+                                     f"(expected {weights.name} and {provenance.name})")
+    try:
+        record = json.loads(provenance.read_text())
+        want = record["sha256"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ShippedCheckpointError(f"{provenance} is not a provenance record ({e})") from None
+    got = file_sha256(weights)
+    if got != want:
+        raise ShippedCheckpointError(f"{weights} does not match its provenance: sha256 {got}, recorded {want}")
+    return weights
+
+
+def export_shipped(source: str | os.PathLike, command: str, folder: str | os.PathLike = ASSETS,
+                   revision: str | None = None) -> dict[str, Any]:
+    """Write the shipped pair (fp16 safetensors + provenance JSON) into `folder` from a finished pretraining
+    run: `source` is its fp32 checkpoint, with its report beside it; `command` is the command that made it;
+    `revision` the commit it ran (default: the report's, else this work tree's).
+    The fp16 weights are evaluated on the held-out scenes again (the IoUs go into the provenance). Returns
+    the provenance record."""
+    from safetensors.torch import save_file
+
+    from ...sam import build_sam
+
+    source = Path(source)
+    report = read_report(source)
+    if report is None or "pretrain_config" not in report:
+        raise ShippedCheckpointError(f"{source} has no pretraining report beside it")
+    pc = PretrainConfig.from_dict(report["pretrain_config"])
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
+    weights, provenance = shipped_paths(pc.model, folder)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(weights) as tmp:
+        save_file(half, str(tmp), metadata={"format": "official SAM state dict, fp16", "model": pc.model})
+    sam = build_sam(get_sam_config(pc.model))
+    sam.load_state_dict({k: v.float() for k, v in half.items()})
+    heldout = PromptScenes(get_sam_config(pc.model), pc.n_heldout, seed=pc.seed, stream="sam_heldout",
+                           min_area_frac=pc.min_area_frac, domain_gap=pc.domain_gap)
+    record = {
+        "model": pc.model,
+        "sha256": file_sha256(weights),
+        "dtype": "float16",
+        "command": command,
+        "pretrain_config": pc.to_dict(),
+        "recipe_version": report.get("version"),
+        "steps": report.get("steps"),
+        "seed": report.get("seed"),
+        "code_revision": (revision or report.get("code_revision")
+                          or code_revision()),
+        "device": report.get("device", "cpu"),
+        "torch_version": report.get("torch_version"),
+        "train_seconds": report.get("train_seconds"),
+        "source_sha256": report.get("sha256"),
+        "heldout_iou": {"fp32": report["heldout_iou"]["pretrained"],
+                        "random_init": report["heldout_iou"]["random_init"],
+                        "fp16_shipped": evaluate_prompted_iou(sam, heldout, pc.eval_masks_per_scene)},
+        "final_loss": report.get("final_loss"),
+    }
+    atomic_write_json(provenance, record)
+    return record
+
+
+def shipped_matches_recipe(model: str = SHIPPED_CONFIG.model, folder: str | os.PathLike = ASSETS) -> str | None:
+    """None when the shipped provenance names :data:`SHIPPED_CONFIG` and this code's recipe version; else why not
+    (the recipe changed since the file was made: regenerate it)."""
+    _, provenance = shipped_paths(model, folder)
+    record = json.loads(provenance.read_text())
+    if record.get("recipe_version") != PRETRAIN_VERSION:
+        return f"made by recipe version {record.get('recipe_version')}, the code is at {PRETRAIN_VERSION}"
+    if record.get("pretrain_config") != SHIPPED_CONFIG.to_dict():
+        return "made with another config than SHIPPED_CONFIG"
+    return None
