@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one script for a lent CUDA machine (CI has none):
 #   .ci/gpu_checks.sh tests bench          # CUDA tests, then the attention benchmark at 1024² (ViT-B, ViT-L)
+#   .ci/gpu_checks.sh sweep                # the default rank_ablation sweep, SHARDS processes sharing the GPU for
+#                                          # SWEEP_S seconds; the finished cells come back in $OUT/sweep.tgz
 # Missing pure-Python packages travel as wheels in .whl/ (segment-anything, tensorly); results go to $OUT
 # (default runs/gpu_checks). Each part has its own time limit, so one that hangs leaves the others' results.
 set -uo pipefail
@@ -26,6 +28,15 @@ for part in "$@"; do
       --device cuda --amp bf16 --repeats 5 --out "$OUT/bench_attention_vit_b.json" 2>&1 | tee "$OUT/bench_vit_b.log"
     timeout 240 python3 experiments/benchmarks/bench_attention.py --model vit_l --image-size 1024 --batch 2 \
       --device cuda --amp bf16 --repeats 3 --out "$OUT/bench_attention_vit_l.json" 2>&1 | tee "$OUT/bench_vit_l.log" ;;
-  *) echo "unknown part $part (tests, bench)"; exit 2 ;;
+  sweep)
+    SWEEP=/tmp/rank_ablation; mkdir -p "$SWEEP/logs"
+    for i in $(seq 0 $((${SHARDS:-8} - 1))); do
+      timeout "${SWEEP_S:-390}" python3 experiments/rank_ablation.py --device cuda --amp off --threads 1 \
+        --num-workers 1 --shard "$i/${SHARDS:-8}" --out "$SWEEP" > "$SWEEP/logs/shard_$i.log" 2>&1 &
+    done
+    wait
+    python3 experiments/rank_ablation.py --table-only --out "$SWEEP" 2>&1 | tail -1
+    tar czf "$OUT/sweep.tgz" --exclude='*.pt' -C "$SWEEP" . ;;
+  *) echo "unknown part $part (tests, bench, sweep)"; exit 2 ;;
   esac
 done
