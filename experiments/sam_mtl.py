@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dropout", type=float, default=m.dropout)
     a("--init", default=m.init, help="delta init: paper (zero core, N(0,1) factors) or orthonormal (both start at 0)")
     a("--attention", default=m.attention, help="encoder attention: sdpa (fused, no N x N matrix) or sam")
+    a("--shared-blocks", type=int, default=m.shared_blocks,
+      help="k: the first k encoder blocks form a task-shared trunk (no delta, run once per batch); default 0")
     a("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward (less memory)")
     a("--orth-weight", type=float, default=t.orth_weight, help="orthogonality penalty weight")
     a("--task-weights", type=task_weights, default={}, help="e.g. semantic=1,depth=0.5,normal=1")

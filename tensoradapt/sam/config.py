@@ -227,6 +227,9 @@ class MSamConfig:
         attention: the encoder's attention, "sdpa" (fused, never stores the N x N matrix; see
             `tensoradapt.sam.attention`) or "sam" (segment-anything's own forward). Equal to float tolerance.
             On SAM 2: transformers' "sdpa" or its "eager" reference kernel, in the encoder and decoders.
+        shared_blocks: k, the task-shared trunk: the first k encoder blocks carry no delta and run once for
+            the B images; the last depth - k blocks carry the task delta and run per task on the trunk's
+            output (0, the default: every block adapted, the paper's model). SAM (ViT) encoders only.
     """
 
     sam: SamConfig | Sam2HieraConfig
@@ -241,6 +244,7 @@ class MSamConfig:
     checkpoint: str | None = None
     grad_checkpointing: bool = False
     attention: str = "sdpa"
+    shared_blocks: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.sam, Mapping):
@@ -273,6 +277,17 @@ class MSamConfig:
             raise TypeError(f"grad_checkpointing must be a bool, got {self.grad_checkpointing!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        self._check_shared_blocks()
+
+    def _check_shared_blocks(self) -> None:
+        k = self.shared_blocks
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"shared_blocks must be an int >= 0, got {k!r}")
+        if k and not isinstance(self.sam, SamConfig):
+            raise ValueError("shared_blocks applies to SAM (ViT) encoders only, not to SAM 2's Hiera")
+        if k and k >= self.sam.encoder_depth:
+            raise ValueError(f"shared_blocks must be below the encoder depth {self.sam.encoder_depth} (at least "
+                             f"one block must carry the task delta), got {k}")
 
     @property
     def has_delta(self) -> bool:

@@ -31,19 +31,23 @@ def run_block(block: nn.Module, tokens: Tensor, recompute: bool = False) -> Tens
     return recompute_in_backward(_routed_block, block, tokens, task, use_reentrant=False)
 
 
-def run_encoder(encoder: nn.Module, x: Tensor, repeats: int = 1, recompute: bool = False) -> Tensor:
+def run_encoder(encoder: nn.Module, x: Tensor, repeats: int = 1, recompute: bool = False,
+                shared_blocks: int = 0) -> Tensor:
     """The ImageEncoderViT forward, step by step: x (B, 3, S, S) -> (repeats*B, D, g, g), task-major.
 
-    The frozen patch embedding (+ absolute positions) runs once on the B images and its output is
-    repeated for the task passes; only the blocks see B*repeats samples. With `recompute` each block's
-    activations are recomputed in backward instead of stored (for vit_l / vit_h memory).
+    The frozen patch embedding (+ absolute positions) and the first `shared_blocks` blocks (the task-shared
+    trunk) run once on the B images and their output is repeated for the task passes; only the later
+    blocks see B*repeats samples. With `recompute` each block's activations are recomputed in backward
+    instead of stored (for vit_l / vit_h memory).
     """
     tokens = encoder.patch_embed(x)  # (B, g, g, C)
     if encoder.pos_embed is not None:
         tokens = tokens + encoder.pos_embed
+    for block in encoder.blocks[:shared_blocks]:
+        tokens = run_block(block, tokens, recompute)
     if repeats > 1:
         tokens = tokens.repeat(repeats, 1, 1, 1)
-    for block in encoder.blocks:
+    for block in encoder.blocks[shared_blocks:]:
         tokens = run_block(block, tokens, recompute)
     return encoder.neck(tokens.permute(0, 3, 1, 2))
 

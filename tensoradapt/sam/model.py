@@ -73,7 +73,7 @@ class MultiTaskSAM(MultiTaskSAMBase):
         if checkpoint is not None:
             self.load_sam_checkpoint(checkpoint)
         set_attention(self.image_encoder, msam_config.attention)
-        self._adapt_encoder([f"blocks.{i}.attn.qkv" for i in range(cfg.encoder_depth)])
+        self._adapt_encoder([f"blocks.{i}.attn.qkv" for i in range(msam_config.shared_blocks, cfg.encoder_depth)])
         self.reset_trainable()
 
     # ----------------------------------------------------------------------------- weights
@@ -129,7 +129,8 @@ class MultiTaskSAM(MultiTaskSAMBase):
         recompute = c.grad_checkpointing and self.training and torch.is_grad_enabled()
 
         def run(images: Tensor, repeats: int) -> Tensor:
-            return run_encoder(self.image_encoder, images, repeats=repeats, recompute=recompute)
+            return run_encoder(self.image_encoder, images, repeats=repeats, recompute=recompute,
+                               shared_blocks=c.shared_blocks)
 
         return encode_task_batch(self.image_encoder, run, x, task_indices, c.has_delta, c.task_agnostic)
 
@@ -193,6 +194,7 @@ def build_msam(
     init: str = "paper",
     grad_checkpointing: bool = False,
     attention: str = "sdpa",
+    shared_blocks: int = 0,
 ) -> MultiTaskSAMBase:
     """Build an mSAM (see the module docstring for what it computes and what trains).
 
@@ -221,6 +223,8 @@ def build_msam(
         grad_checkpointing: recompute encoder-block activations in backward (vit_l / vit_h memory).
         attention: "sdpa" (default: fused attention, relative positions folded into q / k, no N x N matrix
             stored) or "sam" (segment-anything's attention forward; for SAM 2 transformers' "eager" kernel).
+        shared_blocks: k, a task-shared trunk: the first k encoder blocks get no delta and run once for the
+            B images, the rest run per task (0: every block adapted, the paper's model; SAM encoders only).
 
     Build on the meta device (`with torch.device("meta"): build_msam("vit_h", ...)`) to count parameters
     without allocating weights.
@@ -232,6 +236,6 @@ def build_msam(
     config = MSamConfig(
         sam=sam, tasks=dict(tasks) if isinstance(tasks, Mapping) else tasks, decomp=decomp, ranks=ranks,
         qkv=qkv, scale=scale, dropout=dropout, train_norms=train_norms, init=init, checkpoint=source,
-        grad_checkpointing=grad_checkpointing, attention=attention,
+        grad_checkpointing=grad_checkpointing, attention=attention, shared_blocks=shared_blocks,
     )
     return msam_from_config(config, checkpoint)

@@ -84,6 +84,7 @@ class MSamOptions:
     init: str = _MSAM_DEFAULTS["init"]
     grad_checkpointing: bool = _MSAM_DEFAULTS["grad_checkpointing"]
     attention: str = _MSAM_DEFAULTS["attention"]
+    shared_blocks: int = _MSAM_DEFAULTS["shared_blocks"]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
