@@ -2,7 +2,8 @@
 # The checks that need a GPU, in one script for a lent CUDA machine (CI has none):
 #   .ci/gpu_checks.sh tests bench          # CUDA tests, then the attention benchmark at 1024² (ViT-B, ViT-L)
 #   .ci/gpu_checks.sh sweep                # the default rank_ablation sweep, SHARDS processes sharing the GPU for
-#                                          # SWEEP_S seconds; the finished cells come back in $OUT/sweep.tgz
+#                                          # SWEEP_S seconds (SWEEP_ARGS: more rank_ablation flags, e.g.
+#                                          # "--seeds 0,1"); the finished cells come back in $OUT/sweep.tgz
 # Missing pure-Python packages travel as wheels in .whl/ (segment-anything, tensorly); results go to $OUT
 # (default runs/gpu_checks). Each part has its own time limit, so one that hangs leaves the others' results.
 set -uo pipefail
@@ -32,7 +33,7 @@ for part in "$@"; do
     SWEEP=/tmp/rank_ablation; mkdir -p "$SWEEP/logs"
     for i in $(seq 0 $((${SHARDS:-8} - 1))); do
       timeout "${SWEEP_S:-390}" python3 experiments/rank_ablation.py --device cuda --amp off --threads 1 \
-        --num-workers 1 --shard "$i/${SHARDS:-8}" --out "$SWEEP" > "$SWEEP/logs/shard_$i.log" 2>&1 &
+        --num-workers 1 --shard "$i/${SHARDS:-8}" --out "$SWEEP" ${SWEEP_ARGS:-} > "$SWEEP/logs/shard_$i.log" 2>&1 &
     done
     wait
     python3 experiments/rank_ablation.py --table-only --out "$SWEEP" 2>&1 | tail -1
