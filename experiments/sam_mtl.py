@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="k: the first k encoder blocks form a task-shared trunk (no delta, run once per batch); default 0")
     a("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward (less memory)")
     a("--orth-weight", type=float, default=t.orth_weight, help="orthogonality penalty weight")
+    a("--orth-terms", default=t.orth_terms, help="the penalty's matrices: paper (the paper's code: Tucker's U1, U2 "
+      "and core slices) or all (also the task factor)")
     a("--task-weights", type=task_weights, default={}, help="e.g. semantic=1,depth=0.5,normal=1")
     a("--lr-scale", type=task_weights, default=None,
       help="lr multipliers per parameter group (delta, embed, decoder, encoder), e.g. delta=1,embed=1; the groups "

@@ -44,6 +44,7 @@ def params(model) -> dict[str, torch.Tensor]:
     ("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("lr", float("nan")), ("optimizer", "lbfgs"),
     ("schedule", "step"), ("amp", "fp8"), ("grad_accum", 0), ("warmup_ratio", 1.5),
     ("orth_weight", -1.0), ("max_grad_norm", 0.0), ("best_metric", "acc"), ("min_lr_ratio", 2.0),
+    ("orth_terms", "some"),
 ])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -117,6 +118,18 @@ def test_two_steps_train_only_the_trainable_parameters(decomp, tmp_path):
     assert "loss/orthogonality" in recs[1]
     assert (tmp_path / "last.pt").exists() and (tmp_path / "best.pt").exists()
     assert json.loads((tmp_path / "train_config.json").read_text())["orth_weight"] == 0.1
+
+
+@pytest.mark.parametrize("terms", ["paper", "all"])
+def test_orth_terms_choose_the_penalty_the_trainer_adds(terms, tmp_path):
+    from tensoradapt.regularizers import orthogonality_penalty
+
+    model = make_model("tucker")
+    t = Trainer(model, toy_tasks(), ToyDataset(4), ToyDataset(4, seed=1), cfg(epochs=1, orth_weight=0.1,
+                orth_terms=terms), out_dir=tmp_path)
+    want = float(orthogonality_penalty(model, terms=terms))
+    assert float(orthogonality_penalty(model, terms="all")) != float(orthogonality_penalty(model, terms="paper"))
+    assert float(t.penalty_fn(t.model)) == pytest.approx(want)
 
 
 def test_training_lowers_the_loss(tmp_path):

@@ -50,6 +50,7 @@ class TrainConfig:
     task_weights: dict[str, float] = field(default_factory=dict)  # missing tasks weigh 1
     lr_scale: dict[str, float] = field(default_factory=dict)  # parameter group -> lr multiplier (Trainer's groups)
     orth_weight: float = 0.0
+    orth_terms: str = "paper"               # the penalty's matrix set (`orthogonality_penalty(terms=...)`)
     grad_accum: int = 1
     max_grad_norm: float | None = None
     amp: str = "auto"                       # auto: bf16 autocast on CUDA, none on CPU
@@ -105,6 +106,10 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if not (math.isfinite(self.orth_weight) and self.orth_weight >= 0):
             raise ValueError(f"orth_weight must be a finite float >= 0, got {self.orth_weight!r}")
+        from ..deltas import ORTHOGONALITY_TERMS
+
+        if self.orth_terms not in ORTHOGONALITY_TERMS:
+            raise ValueError(f"orth_terms must be one of {ORTHOGONALITY_TERMS}, got {self.orth_terms!r}")
         for k, v in self.task_weights.items():
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"task_weights[{k!r}] must be a finite float >= 0, got {v!r}")

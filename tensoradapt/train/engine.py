@@ -17,6 +17,8 @@ Pieces: sampling.py (which samples each rank sees), evaluation.py (sharded evalu
 """
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import math
 import os
@@ -57,7 +59,7 @@ class Trainer(ResumableTrainerMixin):
         tasks: {name: task spec} (see the module doc); the loss is sum_t w_t * loss_t + orth_weight * penalty.
         train_data / val_data: datasets of dict items; `val_data=None` skips evaluation.
         penalty_fn: `penalty_fn(model) -> 0-dim tensor`; default `tensoradapt.orthogonality_penalty`
-            (used only when `config.orth_weight > 0`).
+            with `terms=config.orth_terms` (used only when `config.orth_weight > 0`).
         extra_state: JSON-able dict stored in every checkpoint (e.g. the model's build arguments).
         callbacks: `fn(trainer)` called after every optimiser step (trainer.step is the step count).
         dist_info: from `init_distributed`; default: join torchrun's group if there is one.
@@ -106,7 +108,9 @@ class Trainer(ResumableTrainerMixin):
         self.num_trainable = sum(p.numel() for _, p in self.trainable)
         self.fingerprint = frozen_fingerprint(self.model)
         if penalty_fn is None and cfg.orth_weight > 0:
-            from ..regularizers import orthogonality_penalty as penalty_fn  # noqa: N813
+            from ..regularizers import orthogonality_penalty
+
+            penalty_fn = functools.partial(orthogonality_penalty, terms=cfg.orth_terms)
         self.penalty_fn = penalty_fn
 
         # DDP / compile: `self.forward_model` is what training calls; `self.model` stays the raw module.
