@@ -171,6 +171,9 @@ class NYUv2(Dataset):
             `augment` the crop is resampled straight to `size`), e.g. to train tiny CPU models fast;
             None keeps the stored resolution.
         with_instance: also return ``instance`` (H, W) int64 (needs an ``instance/`` folder).
+        derived: names of targets derived from the sample's maps after augmentation
+            (`tensoradapt.data.derived.DERIVED`: boundary, occlusion, contour, offset, curvature; contour and
+            offset need the instance ids, so they turn `with_instance` on).
 
     ``__getitem__`` returns ``{"image": (3, H, W) float32 in [0, 1], "semantic": (H, W) int64 (-1 =
     ignore), "depth": (1, H, W) float32 (0 = invalid), "normal": (3, H, W) float32 (0 = invalid),
@@ -182,7 +185,15 @@ class NYUv2(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", augment: bool = False,
                  size: tuple[int, int] | None = None, with_instance: bool = False,
-                 scales: Sequence[float] = NYUV2_SCALES, flip_prob: float = 0.5) -> None:
+                 scales: Sequence[float] = NYUV2_SCALES, flip_prob: float = 0.5,
+                 derived: Sequence[str] = ()) -> None:
+        from .derived import DERIVED, needs
+
+        unknown = [d for d in derived if d not in DERIVED]
+        if unknown:
+            raise ValueError(f"derived names unknown target(s) {unknown}; available: {list(DERIVED)}")
+        self.derived = tuple(derived)
+        with_instance = with_instance or "instance" in needs(self.derived)
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if size is not None:
@@ -274,6 +285,10 @@ class NYUv2(Dataset):
             sample = random_scale_crop_flip(sample, self.scales, self.flip_prob, size=self.size)
         elif self.size is not None:
             sample = resize_sample(sample, self.size)
+        if self.derived:
+            from .derived import add_derived
+
+            add_derived(sample, self.derived)
         sample["index"] = self.indices[i]
         return sample
 

@@ -11,10 +11,13 @@ from .tasks import (
     SemanticTask,
     TaskSpec,
     get_tasks,
+    task_table,
 )
+from .rendered_tasks import RENDERED_TASKS, EdgeMeter, EdgeTask, RegressionMeter, RegressionTask
 
 __all__ = [
     "TaskSpec", "SemanticTask", "DepthTask", "NormalTask", "Meter", "ConfusionMeter", "DepthMeter",
     "NormalMeter", "NYUV2_TASKS", "get_tasks", "delta_m", "delta_m_per_task", "delta_m_report",
-    "MultiTaskMeter", "task_losses",
+    "MultiTaskMeter", "task_losses", "task_table", "RENDERED_TASKS", "EdgeTask", "EdgeMeter", "RegressionTask",
+    "RegressionMeter",
 ]

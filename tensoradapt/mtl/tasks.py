@@ -22,7 +22,7 @@ from torch import Tensor
 
 __all__ = [
     "TaskSpec", "SemanticTask", "DepthTask", "NormalTask", "Meter", "ConfusionMeter", "DepthMeter",
-    "NormalMeter", "NYUV2_TASKS", "get_tasks",
+    "NormalMeter", "NYUV2_TASKS", "get_tasks", "task_table",
 ]
 
 
@@ -343,21 +343,30 @@ NYUV2_TASKS: dict[str, TaskSpec] = {
 }
 
 
+def task_table() -> dict[str, TaskSpec]:
+    """Every known task: NYUv2's three, then those derived from the synthetic renderer's maps
+    (`rendered_tasks.RENDERED_TASKS`: boundary, occlusion, contour, offset, curvature)."""
+    from .rendered_tasks import RENDERED_TASKS
+
+    return {**NYUV2_TASKS, **RENDERED_TASKS}
+
+
 def get_tasks(names: Sequence[str] | str | None = None) -> dict[str, TaskSpec]:
-    """The task table restricted to `names`, in the order given (None: all NYUv2 tasks in their order).
+    """The task table (`task_table`) restricted to `names`, in the order given (None: the NYUv2 tasks).
 
     A comma-separated string ("semantic,depth") is accepted too. The order fixes the task ids.
     """
     if names is None:
         return dict(NYUV2_TASKS)
+    table = task_table()
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(names)
     if not names:
-        raise ValueError(f"names must name at least one task of {list(NYUV2_TASKS)}")
-    unknown = [n for n in names if n not in NYUV2_TASKS]
+        raise ValueError(f"names must name at least one task of {list(table)}")
+    unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; available: {list(NYUV2_TASKS)}")
+        raise ValueError(f"unknown task(s) {unknown}; available: {list(table)}")
     if len(set(names)) != len(names):
         raise ValueError(f"names lists a task twice: {names}")
-    return {n: NYUV2_TASKS[n] for n in names}
+    return {n: table[n] for n in names}

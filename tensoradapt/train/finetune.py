@@ -86,12 +86,16 @@ ModelBuilder = Callable[[FinetuneConfig, "str | None"], nn.Module]
 
 
 def build_datasets(cfg: FinetuneConfig, root: Path) -> tuple[Dataset, Dataset]:
-    """(train, val) at `cfg.image_size` (default: the model's), cut to `train_size` / `val_size`."""
+    """(train, val) at `cfg.image_size` (default: the model's), cut to `train_size` / `val_size`, with the
+    derived targets among `cfg.tasks` (`tensoradapt.data.derived`) computed per sample."""
     from ..data import NYUv2
 
+    from ..data.derived import DERIVED
+
     size = cfg.image_size or cfg.default_image_size()
-    train = NYUv2(root, "train", augment=cfg.augment, size=size)
-    val = NYUv2(root, "val", augment=False, size=size)
+    derived = [t for t in cfg.tasks if t in DERIVED]  # targets made from the stored maps
+    train = NYUv2(root, "train", augment=cfg.augment, size=size, derived=derived)
+    val = NYUv2(root, "val", augment=False, size=size, derived=derived)
     if cfg.train_size is not None and cfg.train_size < len(train):
         train = Subset(train, range(cfg.train_size))
     if cfg.val_size is not None and cfg.val_size < len(val):

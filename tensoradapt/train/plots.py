@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .jsonl import read_jsonl
@@ -64,12 +65,16 @@ def _colorize_labels(lab: np.ndarray, num_classes: int | None = None) -> np.ndar
 def to_display(x: Tensor, kind: str | None = None, num_classes: int | None = None,
                vrange: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
     """One sample as something `imshow` can draw, chosen by shape: (H, W) ints = labels, (1, H, W) =
-    a scalar map, (3, H, W) = an image or unit normals (mapped from [-1, 1] to [0, 1])."""
+    a scalar map, (2, H, W) = a vector field (components + 0.5 as red / green), (3, H, W) = an image or unit
+    normals (mapped from [-1, 1] to [0, 1])."""
     x = x.detach().float().cpu() if x.dtype.is_floating_point else x.detach().cpu()
     if x.dim() == 2 and not x.dtype.is_floating_point:
         return _colorize_labels(x.numpy(), num_classes), {}
     if x.dim() == 3 and x.shape[0] == 1:
         return x[0].numpy(), {"cmap": "viridis", **({"vmin": vrange[0], "vmax": vrange[1]} if vrange else {})}
+    if x.dim() == 3 and x.shape[0] == 2:  # a 2-d vector field (offsets): the components as red / green
+        img = torch.cat([x + 0.5, torch.full_like(x[:1], 0.5)]).permute(1, 2, 0).numpy()
+        return np.clip(img, 0, 1), {}
     if x.dim() == 3 and x.shape[0] == 3:
         img = x.permute(1, 2, 0).numpy()
         if kind == "normal":
@@ -103,6 +108,7 @@ def plot_predictions(
             if gt.dim() == 3 and gt.shape[0] == 1:  # one colour scale for depth-like maps
                 valid = gt[gt > 0] if (gt > 0).any() else gt.flatten()
                 vr = (float(valid.min()), float(valid.max()))
+                vr = vr if vr[1] > vr[0] else (min(vr[0], 0.0), max(vr[1], 1.0))  # e.g. an edge map: 0 / 1
             for k, (x, label) in enumerate(((gt, "ground truth"), (pred, "prediction"))):
                 ax = axes[i][1 + 2 * j + k]
                 im, kw = to_display(x, kind=t, num_classes=(num_classes or {}).get(t), vrange=vr)
