@@ -37,6 +37,21 @@ def test_bench_attention_runs_and_the_fused_attention_holds_no_more(tmp_path):
     assert peak["sdpa+ckpt"] < peak["sdpa"] and peak["sam+ckpt"] < peak["sam"]
 
 
+def test_bench_tasks_runs_and_counts_what_the_trunk_and_the_task_axis_save(tmp_path):
+    from experiments.benchmarks import bench_tasks
+
+    out = tmp_path / "tasks.json"
+    bench_tasks.main(["--model", "tiny", "--batch", "1", "--tasks", "1,3", "--methods", "tucker,lora",
+                      "--repeats", "1", "--malloc", "system", "--out", str(out)])
+    rows = {(r["method"], r["T"], r["k"]): r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 8 and all(r["train s"] > 0 for r in rows.values())
+    # counts, not times: the trunk (k = 2 of 4 blocks) halves the deltas; LoRA-STL's grow with T, Tucker's barely
+    assert rows[("tucker", 3, 2)]["delta"] * 2 == rows[("tucker", 3, 0)]["delta"]
+    assert rows[("lora", 3, 0)]["delta"] == 3 * rows[("lora", 1, 0)]["delta"]
+    assert rows[("tucker", 3, 0)]["delta"] - rows[("tucker", 1, 0)]["delta"] == 4 * 2 * 4  # r_task per task, layer
+    assert rows[("tucker", 3, 2)]["bound"] == pytest.approx(4 / 6)
+
+
 def test_bench_tensorly_runs(tmp_path):
     pytest.importorskip("tltorch")
     from experiments.benchmarks import bench_tensorly
