@@ -314,3 +314,23 @@ def test_lr_scale_reaches_the_optimizer_of_the_recipe(mini, tmp_path):
     assert cfg.train.lr_scale == {**defaults, "delta": 2.0}
     args = base_args(mini, tmp_path / "d", "--lr", "1e-3")
     assert sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(args)).train.lr_scale == defaults
+
+
+def test_the_readmes_paper_command_parses_into_the_papers_setting(tmp_path):
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "runs/paper-tucker" in b)
+    argv = shlex.split(block.replace("\\\n", " "))
+    argv = argv[argv.index("experiments/sam_mtl.py") + 1:]
+    ckpt = tmp_path / "sam_vit_l_0b3195.pth"
+    ckpt.touch()
+    (tmp_path / "nyu" / "train" / "image").mkdir(parents=True)
+    (tmp_path / "nyu" / "val" / "image").mkdir(parents=True)
+    argv[argv.index("--checkpoint") + 1] = str(ckpt)
+    argv[argv.index("--data-root") + 1] = str(tmp_path / "nyu")
+    cfg = sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(argv))
+    assert cfg.model == "vit_l" and cfg.msam.ranks == (4, 32, 32) and cfg.train.lr == 1e-3
+    assert set(cfg.train.lr_scale.values()) == {1.0}  # the paper has one learning rate
+    assert cfg.train.orth_weight == 1 and cfg.train.orth_terms == "paper" and cfg.train.epochs == 200
