@@ -16,7 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from tensoradapt.train.pretrain import DOMAIN_GAPS, PretrainConfig, default_tiny_sam_path, format_report, pretrain_tiny_sam
+from tensoradapt.train.pretrain import (
+    DOMAIN_GAPS, PretrainConfig, default_tiny_sam_path, export_shipped, format_report, pretrain_tiny_sam, shipped_paths,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help=f"checkpoint path (default: the config's cache path, {default_tiny_sam_path().name} "
                          "for the default config)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--ship", action="store_true",
+                    help="then write the fp16 copy and its provenance into tensoradapt/assets/ (the shipped checkpoint)")
     args = ap.parse_args(argv)
     try:
         cfg = PretrainConfig(model=args.model, domain_gap=args.domain_gap, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     report = pretrain_tiny_sam(out, cfg, progress=not args.no_progress, device=args.device)
     print(format_report(report))
     print(f"checkpoint: {out}\nreport:     {Path(out).with_suffix('.json')}\nsha256:     {report['sha256']}")
+    if args.ship:
+        record = export_shipped(out, command="python experiments/pretrain_sam.py " + " ".join(argv or sys.argv[1:]))
+        print(f"shipped:    {shipped_paths(cfg.model)[0]} (fp16, sha256 {record['sha256']})")
     return report
 
 

@@ -7,7 +7,7 @@ the held-out IoUs (of the fp32 weights and of the shipped fp16 ones) and the sha
 the fp32 checkpoint it was made from.
 
     path = shipped_checkpoint()          # the bytes checked against the provenance first
-    python experiments/pretrain_sam.py --model tiny_p8 --steps 8000 --n-scenes 1000 --domain-gap palette --ship
+    python experiments/pretrain_sam.py --model tiny_p8 --steps 8000 --n-scenes 1000 --ship
 
 regenerates it (``--ship`` calls :func:`export_shipped` on the finished run).
 """
@@ -33,7 +33,7 @@ __all__ = ["ASSETS", "SHIPPED_CONFIG", "ShippedCheckpointError", "shipped_paths"
 #: the package's data folder
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 #: the recipe of the shipped checkpoint
-SHIPPED_CONFIG = PretrainConfig(model="tiny_p8", steps=8000, n_scenes=1000, domain_gap="palette")
+SHIPPED_CONFIG = PretrainConfig(model="tiny_p8", steps=8000, n_scenes=1000)
 
 
 class ShippedCheckpointError(RuntimeError):
