@@ -112,3 +112,13 @@ def test_autocast_bf16_runs_and_stays_close():
     assert out.dtype in (torch.bfloat16, torch.float32)
     err = (out.float() - ref).abs().max() / ref.abs().max()
     assert err < 5e-2, err
+
+
+def test_the_relative_table_equals_segment_anythings_lookup():
+    from tensoradapt.sam.attention import _relative_table
+
+    get_rel_pos = sam_modeling().image_encoder.get_rel_pos
+    table = torch.randn(2 * 7 - 1, 5)
+    assert torch.equal(_relative_table(7, table, get_rel_pos), get_rel_pos(7, 7, table))
+    longer = torch.randn(2 * 9 - 1, 5)  # a table of another length: resampled by get_rel_pos
+    assert torch.equal(_relative_table(7, longer, get_rel_pos), get_rel_pos(7, 7, longer))

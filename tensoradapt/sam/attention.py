@@ -51,8 +51,8 @@ def folded_rel_pos_attention(attn: nn.Module, x: Tensor, get_rel_pos=None) -> Te
     c = q.shape[-1]
     if attn.use_rel_pos:
         get_rel_pos = get_rel_pos or sam_modeling().image_encoder.get_rel_pos
-        rel_h = get_rel_pos(H, H, attn.rel_pos_h).to(q.dtype)  # (H, H, c): R_h[h_i, h_j]
-        rel_w = get_rel_pos(W, W, attn.rel_pos_w).to(q.dtype)  # (W, W, c)
+        rel_h = _relative_table(H, attn.rel_pos_h, get_rel_pos).to(q.dtype)  # (H, H, c): R_h[h_i, h_j]
+        rel_w = _relative_table(W, attn.rel_pos_w, get_rel_pos).to(q.dtype)  # (W, W, c)
         grid_q = q.reshape(B, heads, H, W, c)
         bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, rel_h).reshape(B, heads, H * W, H)
         bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, rel_w).reshape(B, heads, H * W, W)
@@ -68,6 +68,17 @@ def folded_rel_pos_attention(attn: nn.Module, x: Tensor, get_rel_pos=None) -> Te
     out = F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :c]  # (B, heads, N, c)
     out = out.permute(0, 2, 1, 3).reshape(B, H, W, heads * c)
     return attn.proj(out)
+
+
+def _relative_table(size: int, table: Tensor, get_rel_pos) -> Tensor:
+    """(size, size, c): row i, column j is the table's entry for the offset i - j (entry i - j + size - 1 of a
+    (2 size - 1, c) table). The indices are made on the table's device: indexing a CUDA table with CPU
+    indices, as segment-anything's `get_rel_pos` does, copies them over and syncs the host every forward. A
+    table of another length is resampled by `get_rel_pos` itself."""
+    if table.shape[0] != 2 * size - 1:
+        return get_rel_pos(size, size, table)
+    pos = torch.arange(size, device=table.device)
+    return table[pos[:, None] - pos[None, :] + (size - 1)]
 
 
 def _key_onehots(H: int, W: int, device: torch.device, dtype: torch.dtype) -> Tensor:
