@@ -1,6 +1,6 @@
 """The pretrained `tiny_p8` SAM that ships inside the package: the embedded benchmark's foundation model.
 
-Pretraining it to the quality the benchmark needs (:data:`SHIPPED_CONFIG`, about 50 minutes on one core) costs
+Pretraining it to the quality the benchmark needs (:data:`SHIPPED_CONFIG`, 36 minutes on one core) costs
 more than a first run can afford, so its weights ship as fp16 safetensors (``tensoradapt/assets/``, 2.2 MB) with
 a provenance JSON beside them: the exact command, the config, the recipe version, the code revision, the device,
 the held-out IoUs (of the fp32 weights and of the shipped fp16 ones) and the sha256 of the shipped file and of
