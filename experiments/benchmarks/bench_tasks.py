@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from experiments.benchmarks.bench_msam import no_grad, train_step, with_amp  # noqa: E402
 from experiments.benchmarks.common import (  # noqa: E402
     add_malloc_arg, interleaved_medians, machine_info, peak_tensor_bytes, print_table, steady_allocator,
     write_json,
@@ -56,37 +57,17 @@ def _ranks(method: str, r: int):
     return {"tucker": (4, r, r), "tt": (r, r)}.get(method, r)
 
 
-def _amp(args, fn):
-    if args.amp == "none":
-        return fn
-
-    def run():
-        with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16):
-            return fn()
-    return run
-
-
 def _steps(model, images):
     """(encoder train, encoder inference, whole train step, whole inference) closures."""
     x, _ = model.preprocess(images)
     ids = list(range(len(model.task_names)))
 
     def enc_train():
-        out = model._encode(x, ids)
-        (out.float().square().mean()).backward()
+        model._encode(x, ids).float().square().mean().backward()
+        for p in model.parameters():
+            p.grad = None
 
-    def enc_infer():
-        with torch.no_grad():
-            model._encode(x, ids)
-
-    def train():
-        out = model(images)
-        sum(o.float().square().mean() for o in out.values()).backward()
-
-    def infer():
-        with torch.no_grad():
-            model(images)
-    return enc_train, enc_infer, train, infer
+    return enc_train, no_grad(lambda: model._encode(x, ids)), train_step(model, images), no_grad(lambda: model(images))
 
 
 def main(argv=None) -> dict:
@@ -113,7 +94,7 @@ def main(argv=None) -> dict:
                             p.normal_(0, 0.02)
                 counts = parameter_breakdown(model)
                 name = f"{method}/T{T}/k{k}"
-                fns = [_amp(args, f) for f in _steps(model, images)]
+                fns = [with_amp(args, f) for f in _steps(model, images)]
                 for part, fn in zip(("enc_train", "enc_infer", "train", "infer"), fns):
                     variants[f"{name}/{part}"] = fn
                 rows.append({"method": method, "T": T, "k": k, "trainable": counts["trainable"],
