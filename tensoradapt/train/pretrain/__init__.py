@@ -18,7 +18,9 @@ from .evaluate import evaluate_prompted_iou, format_report
 from .loop import pretrain_tiny_sam
 from .losses import dice_loss, focal_loss, mask_iou
 from .scenes import PromptScenes, input_size_for, palette_shift
-from .shipped import SHIPPED_CONFIG, ShippedCheckpointError, export_shipped, shipped_checkpoint, shipped_paths
+from .shipped import (
+    SHIPPED_CONFIG, ShippedCheckpointError, export_shipped, pretrained_checkpoint, shipped_checkpoint, shipped_paths,
+)
 
 __all__ = [
     "PRETRAIN_VERSION", "DEFAULT_STEPS", "DOMAIN_GAPS", "PretrainConfig", "PromptScenes", "input_size_for",
@@ -29,13 +31,3 @@ __all__ = [
     "shipped_checkpoint", "shipped_paths", "pretrained_checkpoint",
 ]
 
-
-def pretrained_checkpoint(model: str = SHIPPED_CONFIG.model, progress: bool = True):
-    """The project's pretrained SAM of `model`: the shipped one (checked against its provenance) for
-    ``SHIPPED_CONFIG.model``, the cached default-config build (made on first use) for "tiny"."""
-    if model == SHIPPED_CONFIG.model:
-        return shipped_checkpoint(model)
-    if model == PretrainConfig().model:
-        return ensure_tiny_sam_checkpoint(progress=progress)
-    raise ValueError(f"no project-pretrained SAM for model {model!r} (there are {SHIPPED_CONFIG.model!r} and "
-                     f"{PretrainConfig().model!r}); give a checkpoint")

@@ -23,12 +23,13 @@ import torch
 from ..._utils import atomic_path, atomic_write_json
 from ...sam import get_sam_config
 from .artifact import code_revision, file_sha256, read_report
+from .build import ensure_tiny_sam_checkpoint
 from .config import PRETRAIN_VERSION, PretrainConfig
 from .evaluate import evaluate_prompted_iou
 from .scenes import PromptScenes
 
 __all__ = ["ASSETS", "SHIPPED_CONFIG", "ShippedCheckpointError", "shipped_paths", "shipped_checkpoint",
-           "export_shipped"]
+           "pretrained_checkpoint", "export_shipped"]
 
 #: the package's data folder
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -63,6 +64,17 @@ def shipped_checkpoint(model: str = SHIPPED_CONFIG.model, folder: str | os.PathL
     if got != want:
         raise ShippedCheckpointError(f"{weights} does not match its provenance: sha256 {got}, recorded {want}")
     return weights
+
+
+def pretrained_checkpoint(model: str = SHIPPED_CONFIG.model, progress: bool = True) -> Path:
+    """The project's pretrained SAM of `model`: the shipped one (checked against its provenance) for
+    ``SHIPPED_CONFIG.model``, the cached default-config build (made on first use) for "tiny"."""
+    if model == SHIPPED_CONFIG.model:
+        return shipped_checkpoint(model)
+    if model == PretrainConfig().model:
+        return ensure_tiny_sam_checkpoint(progress=progress)
+    raise ValueError(f"no project-pretrained SAM for model {model!r} (there are {SHIPPED_CONFIG.model!r} and "
+                     f"{PretrainConfig().model!r}); give a checkpoint")
 
 
 def export_shipped(source: str | os.PathLike, command: str, folder: str | os.PathLike = ASSETS,
