@@ -17,9 +17,8 @@ Pieces: sampling.py (which samples each rank sees), evaluation.py (sharded evalu
 """
 from __future__ import annotations
 
-import functools
-
 import contextlib
+import functools
 import math
 import os
 import time

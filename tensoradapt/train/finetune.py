@@ -21,11 +21,13 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from .._utils import atomic_write_json
+from ..sam import MultiTaskSAMBase, msam_param_groups
 from .checkpoint import CheckpointError
 from .distributed import barrier, cleanup_distributed, init_distributed
 from .engine import Trainer
-from ..sam import MultiTaskSAMBase, msam_param_groups
-from .finetune_config import FINETUNE_TRAIN_DEFAULTS, PRETRAINED_MODELS, FinetuneConfig, MSamOptions, UsageError, finetune_train_config
+from .finetune_config import (
+    FINETUNE_TRAIN_DEFAULTS, PRETRAINED_MODELS, FinetuneConfig, MSamOptions, UsageError, finetune_train_config,
+)
 from .resume import LAST
 from .results import (
     RESULTS, RUN_CONFIG, parameter_counts, rank_text, results_record, summary_line, write_figures, write_results,
@@ -89,7 +91,6 @@ def build_datasets(cfg: FinetuneConfig, root: Path) -> tuple[Dataset, Dataset]:
     """(train, val) at `cfg.image_size` (default: the model's), cut to `train_size` / `val_size`, with the
     derived targets among `cfg.tasks` (`tensoradapt.data.derived`) computed per sample."""
     from ..data import NYUv2
-
     from ..data.derived import DERIVED
 
     size = cfg.image_size or cfg.default_image_size()
