@@ -22,6 +22,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from tensoradapt.sam.attention import ATTENTIONS
 from tensoradapt.train import NonFiniteLossError
 from tensoradapt.train.cli import OneLineParser, int_tuple, task_weights
 from tensoradapt.train.finetune import FinetuneConfig, UsageError, run
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--scale", type=float, default=m.scale)
     a("--dropout", type=float, default=m.dropout)
     a("--init", default=m.init, help="delta init: paper (zero core, N(0,1) factors) or orthonormal (both start at 0)")
-    a("--attention", default=m.attention, help="encoder attention: sdpa (fused, no N x N matrix) or sam")
+    a("--attention", default=m.attention, choices=ATTENTIONS,
+      help="encoder attention: auto (default: chunked on CPU, sdpa elsewhere), sdpa, chunked (no N x N matrix) "
+           "or sam (stores it)")
     a("--shared-blocks", type=int, default=m.shared_blocks,
       help="k: the first k encoder blocks form a task-shared trunk (no delta, run once per batch); default 0")
     a("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward (less memory)")

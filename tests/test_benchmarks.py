@@ -32,9 +32,10 @@ def test_bench_attention_runs_and_the_fused_attention_holds_no_more(tmp_path):
     bench_attention.main(["--model", "tiny", "--image-size", "256", "--tasks", "1", "--repeats", "0",
                           "--malloc", "system", "--out", str(out)])
     peak = {r["variant"]: r["peak MiB"] for r in json.loads(out.read_text())["rows"]}
-    assert set(peak) == {"sam", "sdpa", "sam+ckpt", "sdpa+ckpt"}
-    assert peak["sdpa"] <= peak["sam"]  # replayed tensor bytes: deterministic, no timing involved
-    assert peak["sdpa+ckpt"] < peak["sdpa"] and peak["sam+ckpt"] < peak["sam"]
+    assert set(peak) == {"sam", "sdpa", "chunked", "sam+ckpt", "sdpa+ckpt", "chunked+ckpt"}
+    for kind in ("sdpa", "chunked"):  # replayed tensor bytes: deterministic, no timing involved
+        assert peak[kind] <= peak["sam"]
+        assert peak[kind + "+ckpt"] < peak[kind] and peak["sam+ckpt"] < peak["sam"]
 
 
 def test_bench_tasks_runs_and_counts_what_the_trunk_and_the_task_axis_save(tmp_path):

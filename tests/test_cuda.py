@@ -1,5 +1,5 @@
-"""On a GPU (skipped without one): the fused attention equals segment-anything's on CUDA, CPU and CUDA agree,
-bf16 autocast trains, and a training forward + backward of mSAM never synchronises the host."""
+"""On a GPU (skipped without one): the memory-efficient attentions equal segment-anything's on CUDA, CPU and
+CUDA agree, bf16 autocast trains, and a training forward + backward of mSAM never synchronises the host."""
 import pytest
 import torch
 
@@ -49,13 +49,14 @@ def _assert_close(g_ref, g_new, rtol=1e-4):
         assert err <= rtol * float(g_ref[n].abs().max()) + 1e-6 * overall, (n, err)
 
 
+@pytest.mark.parametrize("kind", ["sdpa", "chunked"])
 @pytest.mark.parametrize("decomp", ["tucker", "cp", "tt", "lora"])
-def test_sdpa_matches_sam_attention_on_cuda(decomp):
+def test_memory_efficient_attention_matches_sam_on_cuda(decomp, kind):
     model = _model(decomp, "tiny_p8").cuda().train()
     images = torch.rand(2, 3, 96, 128, device="cuda")
     set_attention(model.image_encoder, "sam")
     g_ref = _grads(model, images)
-    set_attention(model.image_encoder, "sdpa")
+    set_attention(model.image_encoder, kind)
     g_new = _grads(model, images)
     _assert_close(g_ref, g_new)
 
@@ -107,9 +108,11 @@ def test_bf16_autocast_trains_and_stays_close_to_fp32():
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_a_training_step_never_syncs_the_host():
-    # the default attention; segment-anything's own ("sam", the opt-out) syncs in its get_rel_pos lookup
+@pytest.mark.parametrize("kind", ["auto", "chunked"])
+def test_a_training_step_never_syncs_the_host(kind):
+    # segment-anything's own attention ("sam", the opt-out) syncs in its get_rel_pos lookup
     model = _model().cuda().train()
+    set_attention(model.image_encoder, kind)
     images = torch.rand(2, 3, 96, 128, device="cuda")
     _loss(model(images)).backward()  # warm-up: lazy initialisation may sync once
     torch.cuda.synchronize()

@@ -68,7 +68,7 @@ def test_zero_deltas_bit_identical_to_plain_encoder(sam, ckpt, decomp):
 @pytest.mark.parametrize("decomp", ["tucker", "frozen"])
 def test_zero_deltas_with_fused_attention_equal_plain_encoder(sam, ckpt, decomp):
     model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp=decomp).eval()
-    assert model.msam_config.attention == "sdpa"
+    assert model.msam_config.attention == "auto"  # the chunked kernel on this CPU
     x = torch.rand(2, 3, 96, 128)
     with torch.no_grad():
         ref = sam.image_encoder(sam.preprocess(x * 255))

@@ -125,11 +125,16 @@ def test_forward_at_init_equals_promptless_sam2(sam2, folder):
 
 def test_fused_attention_default_equals_eager(sam2, folder):
     model = build_msam(CPU, SMALL, checkpoint=folder).eval()
-    assert model.msam_config.attention == "sdpa"
+    assert model.msam_config.attention == "auto"
     assert model.image_encoder.backbone.config._attn_implementation == "sdpa"
     with torch.no_grad():
         ref = _promptless(sam2, model.preprocess(X)[0], (96, 128))
         torch.testing.assert_close(model(X)["a"], ref.expand(-1, 3, -1, -1), atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_attention_is_refused_for_sam2():
+    with pytest.raises(ValueError, match="attention 'chunked' applies to SAM"):
+        build_msam(CPU, SMALL, attention="chunked")
 
 
 @pytest.mark.parametrize("decomp", ["tucker", "cp", "tt", "lora"])

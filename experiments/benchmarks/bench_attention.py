@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Encoder attention, side by side: segment-anything's (stores the N x N matrix) vs fused SDPA with folded
-relative positions (`tensoradapt.sam.attention`), with and without activation checkpointing.
+relative positions and vs exact chunked attention (`tensoradapt.sam.attention`), with and without activation
+checkpointing.
 
     python experiments/benchmarks/bench_attention.py --model vit_b --image-size 1024 --batch 1 --repeats 1
     python experiments/benchmarks/bench_attention.py --model vit_l --image-size 1024 --batch 2 \\
@@ -31,7 +32,7 @@ from experiments.benchmarks.common import (  # noqa: E402
 from tensoradapt.sam.attention import set_attention  # noqa: E402
 
 #: name -> (attention, grad_checkpointing)
-VARIANTS = {"sam": ("sam", False), "sdpa": ("sdpa", False), "sam+ckpt": ("sam", True), "sdpa+ckpt": ("sdpa", True)}
+VARIANTS = {kind + ckpt: (kind, bool(ckpt)) for ckpt in ("", "+ckpt") for kind in ("sam", "sdpa", "chunked")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,20 +1,26 @@
-"""SAM's encoder attention without the N x N matrix: relative positions folded into extra q / k channels.
+"""SAM's encoder attention without the N x N matrix, two ways; "auto" picks the faster one per device.
 
 segment-anything's `Attention` computes, per head, with N = H * W tokens of head width c and s = c^-1/2,
 
     logits[i, j] = s q_i . k_j + q_i . R_h[h_i, h_j] + q_i . R_w[w_i, w_j]        (mvitv2's decomposed rel-pos)
 
 and keeps softmax(logits), (N, N), for backward: ~0.8 GB per sample and global block at ViT-B 1024^2 (4096
-tokens, 12 heads). The same logits are one dot product of wider vectors,
+tokens, 12 heads). Both replacements compute the two bias terms as bias_h[i, m] = q_i . R_h[h_i, m] (N, H) and
+bias_w (N, W), O(N (H + W)) per head, and never build the (N, N) bias or probabilities:
 
-    q'_i = [s q_i,  (q_i . R_h[h_i, m])_{m < H},  (q_i . R_w[w_i, n])_{n < W}]       (c + H + W)
-    k'_j = [k_j,    onehot_H(h_j),                onehot_W(w_j)]
+- "sdpa": the logits are one dot product of wider vectors,
 
-so PyTorch's fused `scaled_dot_product_attention` (scale 1; flash / memory-efficient kernels on CPU and CUDA)
-computes it storing O(N (c + H + W)) per head. The fused kernels want one head width for q, k and v, so v is
-zero-padded to it (and every width to a multiple of 8) and the padding sliced off the output.
+      q'_i = [s q_i,  bias_h[i, :],  bias_w[i, :]]        k'_j = [k_j,  onehot_H(h_j),  onehot_W(w_j)]      (c + H + W)
 
-`set_attention(encoder, "sdpa")` swaps the class of every block's `attn` for a subclass whose forward does this;
+  so PyTorch's fused `scaled_dot_product_attention` (scale 1) computes them. The fused kernels want one head
+  width for q, k and v, so v is zero-padded to it (and every width to a multiple of 8) and the padding sliced off
+  the output. Fastest on CUDA; on a CPU the ~3x wider products cost more than they save.
+- "chunked": `rel_pos_attention`, exact logits in blocks of query rows with a flash-style recomputing backward.
+  Faster than segment-anything's own attention on a CPU.
+- "auto" (the default): "chunked" for CPU tensors, "sdpa" otherwise (decided per call from the device type, no
+  host sync).
+
+`set_attention(encoder, kind)` swaps the class of every block's `attn` for a subclass whose forward does this;
 parameters, state-dict keys and the wrapped (possibly adapted) `qkv` / `proj` are untouched, and
 `set_attention(encoder, "sam")` swaps back.
 """
@@ -27,47 +33,60 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._import import sam_modeling
+from .rel_pos_attention import rel_pos_attention
 
-__all__ = ["ATTENTIONS", "set_attention", "folded_rel_pos_attention"]
+__all__ = ["ATTENTIONS", "set_attention", "memory_efficient_attention"]
 
-#: "sdpa": fused attention with folded relative positions; "sam": segment-anything's own forward.
-ATTENTIONS = ("sdpa", "sam")
+#: "auto": "chunked" on CPUs, "sdpa" elsewhere; "sdpa": fused attention with folded relative positions;
+#: "chunked": exact blocks of query rows; "sam": segment-anything's own forward (stores N x N).
+ATTENTIONS = ("auto", "sdpa", "chunked", "sam")
 
 
 def _round8(n: int) -> int:
     return -(-n // 8) * 8
 
 
-def folded_rel_pos_attention(attn: nn.Module, x: Tensor, get_rel_pos=None) -> Tensor:
-    """segment-anything `Attention.forward` via fused SDPA: x (B, H, W, dim) -> (B, H, W, dim).
+def memory_efficient_attention(attn: nn.Module, x: Tensor, kind: str = "auto", get_rel_pos=None) -> Tensor:
+    """segment-anything `Attention.forward` without the N x N matrix: x (B, H, W, dim) -> (B, H, W, dim).
 
-    `get_rel_pos`: segment-anything's `get_rel_pos` (looked up when None; the swapped class passes the one it
-    captured, so a compiled forward does no import lookups).
+    `kind`: "sdpa", "chunked" or "auto" (module docstring). `get_rel_pos`: segment-anything's `get_rel_pos`
+    (looked up when None; the swapped class passes the one it captured, so a compiled forward does no import
+    lookups).
     """
     B, H, W, _ = x.shape
     heads = attn.num_heads
     qkv = attn.qkv(x).reshape(B, H * W, 3, heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, c)
     q, k, v = qkv.unbind(0)
     c = q.shape[-1]
-    if attn.use_rel_pos:
+    if not attn.use_rel_pos:
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    else:
         get_rel_pos = get_rel_pos or sam_modeling().image_encoder.get_rel_pos
         rel_h = _relative_table(H, attn.rel_pos_h, get_rel_pos).to(q.dtype)  # (H, H, c): R_h[h_i, h_j]
         rel_w = _relative_table(W, attn.rel_pos_w, get_rel_pos).to(q.dtype)  # (W, W, c)
         grid_q = q.reshape(B, heads, H, W, c)
         bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, rel_h).reshape(B, heads, H * W, H)
         bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, rel_w).reshape(B, heads, H * W, W)
-        onehot = _key_onehots(H, W, q.device, q.dtype).expand(B, heads, -1, -1)  # (B, heads, N, H + W)
-        q = torch.cat([q * attn.scale, bias_h, bias_w], dim=-1)
-        k = torch.cat([k, onehot], dim=-1)
-        scale = 1.0
-    else:
-        scale = attn.scale
+        if kind == "auto":
+            kind = "chunked" if q.device.type == "cpu" else "sdpa"
+        if kind == "chunked":
+            flat = [t.reshape(B * heads, H * W, -1) for t in (q * attn.scale, k, v, bias_h, bias_w)]
+            out = rel_pos_attention(*flat).view(B, heads, H * W, c)
+        else:
+            out = _folded_sdpa(q * attn.scale, k, v, bias_h, bias_w, H, W)
+    out = out.permute(0, 2, 1, 3).reshape(B, H, W, heads * c)
+    return attn.proj(out)
+
+
+def _folded_sdpa(q: Tensor, k: Tensor, v: Tensor, bias_h: Tensor, bias_w: Tensor, H: int, W: int) -> Tensor:
+    """Fused SDPA of the folded q' / k' (module docstring); q is pre-scaled. (B, heads, N, c) -> same."""
+    B, heads, _, c = q.shape
+    onehot = _key_onehots(H, W, q.device, q.dtype).expand(B, heads, -1, -1)  # (B, heads, N, H + W)
+    q, k = torch.cat([q, bias_h, bias_w], dim=-1), torch.cat([k, onehot], dim=-1)
     width = _round8(q.shape[-1])
     q, k = F.pad(q, (0, width - q.shape[-1])), F.pad(k, (0, width - k.shape[-1]))
     v = F.pad(v, (0, width - c))
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :c]  # (B, heads, N, c)
-    out = out.permute(0, 2, 1, 3).reshape(B, H, W, heads * c)
-    return attn.proj(out)
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :c]
 
 
 def _relative_table(size: int, table: Tensor, get_rel_pos) -> Tensor:
@@ -90,30 +109,32 @@ def _key_onehots(H: int, W: int, device: torch.device, dtype: torch.dtype) -> Te
 
 
 @functools.cache
-def _sdpa_class() -> type:
+def _attention_class(kind: str) -> type:
     image_encoder = sam_modeling().image_encoder
 
-    class FoldedRelPosAttention(image_encoder.Attention):
-        """segment-anything's Attention whose forward runs fused SDPA (module docstring of tensoradapt.sam.attention)."""
+    class MemoryEfficientAttention(image_encoder.Attention):
+        """segment-anything's Attention without the N x N matrix (module docstring of tensoradapt.sam.attention)."""
 
+        attention_kind = kind
         _get_rel_pos = staticmethod(image_encoder.get_rel_pos)
 
         def forward(self, x: Tensor) -> Tensor:
-            return folded_rel_pos_attention(self, x, self._get_rel_pos)
+            return memory_efficient_attention(self, x, self.attention_kind, self._get_rel_pos)
 
-    return FoldedRelPosAttention
+    MemoryEfficientAttention.__name__ = MemoryEfficientAttention.__qualname__ = f"{kind.capitalize()}Attention"
+    return MemoryEfficientAttention
 
 
 def set_attention(encoder: nn.Module, kind: str) -> int:
-    """Use attention `kind` ("sdpa" or "sam") in every block of a segment-anything ImageEncoderViT.
+    """Use attention `kind` (`ATTENTIONS`) in every block of a segment-anything ImageEncoderViT.
 
-    Returns the number of attention modules switched. Numerically the two agree to float tolerance
-    (tests/test_sam_attention.py); "sdpa" never stores the (N, N) attention matrix.
+    Returns the number of attention modules switched. Numerically all kinds agree to float tolerance
+    (tests/test_sam_attention.py); all but "sam" never store the (N, N) attention matrix.
     """
     if kind not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {kind!r}")
     base = sam_modeling().image_encoder.Attention
-    target = _sdpa_class() if kind == "sdpa" else base
+    target = base if kind == "sam" else _attention_class(kind)
     n = 0
     for module in encoder.modules():
         if isinstance(module, base):

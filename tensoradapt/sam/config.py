@@ -224,9 +224,11 @@ class MSamConfig:
             an in-memory state dict).
         grad_checkpointing: recompute each encoder block's activations in backward instead of storing
             them (activation checkpointing; trades ~1 extra encoder forward for memory).
-        attention: the encoder's attention, "sdpa" (fused, never stores the N x N matrix; see
-            `tensoradapt.sam.attention`) or "sam" (segment-anything's own forward). Equal to float tolerance.
-            On SAM 2: transformers' "sdpa" or its "eager" reference kernel, in the encoder and decoders.
+        attention: the encoder's attention, "auto" (the default: "chunked" on CPUs, "sdpa" elsewhere), "sdpa"
+            (fused, relative positions folded into q / k), "chunked" (exact, blocks of query rows) or "sam"
+            (segment-anything's own forward); all but "sam" never store the N x N matrix (see
+            `tensoradapt.sam.attention`). Equal to float tolerance. On SAM 2: "auto" / "sdpa" is transformers'
+            "sdpa", "sam" its "eager" reference kernel, in the encoder and decoders.
         shared_blocks: k, the task-shared trunk: the first k encoder blocks carry no delta and run once for
             the B images; the last depth - k blocks carry the task delta and run per task on the trunk's
             output (0, the default: every block adapted, the paper's model). SAM (ViT) encoders only.
@@ -243,7 +245,7 @@ class MSamConfig:
     init: str = "paper"
     checkpoint: str | None = None
     grad_checkpointing: bool = False
-    attention: str = "sdpa"
+    attention: str = "auto"
     shared_blocks: int = 0
 
     def __post_init__(self) -> None:
@@ -277,6 +279,9 @@ class MSamConfig:
             raise TypeError(f"grad_checkpointing must be a bool, got {self.grad_checkpointing!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.attention == "chunked" and not isinstance(self.sam, SamConfig):
+            raise ValueError("attention 'chunked' applies to SAM (ViT) encoders only (SAM 2's Hiera has no "
+                             "decomposed relative positions); use 'auto', 'sdpa' or 'sam'")
         self._check_shared_blocks()
 
     def _check_shared_blocks(self) -> None:

@@ -27,8 +27,9 @@ __all__ = [
     "Sam2HieraConfig", "SAM2_CONFIGS", "SAM2_MODEL_TYPES", "get_sam2_config", "build_sam2", "set_sam2_attention",
 ]
 
-#: MSamConfig.attention -> transformers' attention implementation ("sam": the host's own reference kernel)
-_HF_ATTENTION = {"sdpa": "sdpa", "sam": "eager"}
+#: MSamConfig.attention -> transformers' attention implementation ("sam": the host's own reference kernel;
+#: Hiera has no decomposed relative positions, so "auto" is plain sdpa and "chunked" does not apply)
+_HF_ATTENTION = {"auto": "sdpa", "sdpa": "sdpa", "sam": "eager"}
 _STAGES = 4
 
 
@@ -214,7 +215,7 @@ def build_sam2(config: str | Sam2HieraConfig, attention: str = "sdpa") -> nn.Mod
 
 
 def set_sam2_attention(module: nn.Module, kind: str) -> int:
-    """Use attention `kind` ("sdpa", or "sam" = transformers' eager reference kernel) in every transformers
+    """Use attention `kind` ("auto" / "sdpa", or "sam" = transformers' eager reference kernel) in every transformers
     submodule of `module`; return the number of distinct configs switched."""
     from transformers import PreTrainedConfig
 

@@ -128,6 +128,8 @@ class FinetuneConfig:
 
     #: fields that may change between a run and its resumption (and train/config.py's RESUME_TOLERANT_FIELDS)
     RESUME_TOLERANT_FIELDS: ClassVar[frozenset[str]] = frozenset({"threads", "out", "baseline", "num_figures"})
+    #: msam fields that change how, not what, the model computes (equal to float tolerance)
+    RESUME_TOLERANT_MSAM: ClassVar[frozenset[str]] = frozenset({"attention", "grad_checkpointing"})
 
     def __post_init__(self) -> None:
         if isinstance(self.msam, Mapping):
@@ -271,6 +273,7 @@ class FinetuneConfig:
         diffs = {k: (stored[k], v) for k, v in mine.items()
                  if k not in _SECTIONS and k not in self.RESUME_TOLERANT_FIELDS and k in stored and stored[k] != v}
         msam = stored.get("msam") or {}
-        diffs.update({k: (msam[k], v) for k, v in mine["msam"].items() if k in msam and msam[k] != v})
+        diffs.update({k: (msam[k], v) for k, v in mine["msam"].items()
+                      if k in msam and k not in self.RESUME_TOLERANT_MSAM and msam[k] != v})
         diffs.update(self.train.resume_differences(stored.get("train") or {}))
         return diffs

@@ -1,0 +1,112 @@
+"""Exact attention with SAM's decomposed relative-position bias, in query chunks, never storing N x N.
+
+    out_i = sum_j softmax_j(logits_i) v_j,    logits[i, j] = q_i . k_j + bias_h[i, h_j] + bias_w[i, w_j]
+
+for N = H * W tokens on an (H, W) grid (token j = h_j * W + w_j). The forward walks the queries in chunks of
+`chunk` rows, so it holds one (chunk, N) block of logits at a time, and keeps for backward only the inputs, the
+output and each row's log-sum-exp, O(N (c + H + W)). The backward recomputes each block's probabilities from
+them (the flash-attention recurrence: dS = P * (dO V^T - rowsum(dO * O))), so its extra cost is one q k^T product
+per block. The bias is added to a block in place, broadcast from (chunk, H, 1) and (chunk, 1, W): the (N, N) bias
+is never built either.
+
+On a CPU this is faster than segment-anything's attention (which keeps softmax(logits), N x N, for backward),
+because a (chunk, N) block stays in cache: `benchmarks/bench_attention.py` measures it. `attention.py` uses it
+for the "chunked" kind, and for "auto" on CPUs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["rel_pos_attention", "CHUNK_ELEMENTS"]
+
+#: logits per chunk, over the whole (batch x heads) stack: 2^22 float32 values are 16 MB
+CHUNK_ELEMENTS = 1 << 22
+
+
+def rel_pos_attention(q: Tensor, k: Tensor, v: Tensor, bias_h: Tensor, bias_w: Tensor,
+                      chunk: int | None = None) -> Tensor:
+    """softmax(q k^T + bias) v with the decomposed bias; q is pre-scaled.
+
+    q, k, v: (B, N, c); bias_h: (B, N, H); bias_w: (B, N, W) with H * W = N -> (B, N, c).
+    `chunk`: queries per block (default: `CHUNK_ELEMENTS // (B * N)`, at least 16).
+    """
+    B, N, c = q.shape
+    H, W = bias_h.shape[-1], bias_w.shape[-1]
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one shape (B, N, c); got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if H * W != N or bias_h.shape[:2] != (B, N) or bias_w.shape[:2] != (B, N):
+        raise ValueError(f"bias_h (B, N, H) and bias_w (B, N, W) must have H * W = N = {N} and B = {B}; got "
+                         f"{tuple(bias_h.shape)} and {tuple(bias_w.shape)}")
+    if chunk is None:
+        chunk = max(16, CHUNK_ELEMENTS // max(1, B * N))
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    return _RelPosAttention.apply(q, k, v, bias_h.to(q.dtype), bias_w.to(q.dtype), min(chunk, N))
+
+
+def _logits(q: Tensor, kt: Tensor, bias_h: Tensor, bias_w: Tensor, H: int, W: int) -> Tensor:
+    """The block's logits q kt + bias, (B, n, N), in the bias's dtype (bias added in place, by broadcast)."""
+    B, n, _ = q.shape
+    s = torch.bmm(q, kt).to(bias_h.dtype)
+    grid = s.view(B, n, H, W)
+    grid.add_(bias_h[:, :, :, None]).add_(bias_w[:, :, None, :])
+    return s
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics and gradient sums in float32 at least (bf16 / fp16 inputs)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class _RelPosAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias_h, bias_w, chunk):
+        B, N, _ = q.shape
+        H, W = bias_h.shape[-1], bias_w.shape[-1]
+        acc = _accumulator(q.dtype)
+        out = torch.empty_like(v)
+        lse = torch.empty(B, N, device=q.device, dtype=acc)
+        kt = k.transpose(1, 2)
+        with torch.autocast(q.device.type, enabled=False):
+            for s in range(0, N, chunk):
+                e = min(N, s + chunk)
+                logits = _logits(q[:, s:e], kt, bias_h[:, s:e].to(acc), bias_w[:, s:e].to(acc), H, W)
+                peak = logits.amax(-1, keepdim=True)
+                p = logits.sub_(peak).exp_()
+                total = p.sum(-1, keepdim=True)
+                out[:, s:e] = torch.bmm(p.to(v.dtype), v).div_(total.to(v.dtype))
+                lse[:, s:e] = (peak + total.log()).squeeze(-1)
+        ctx.save_for_backward(q, k, v, bias_h, bias_w, out, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, bias_h, bias_w, out, lse = ctx.saved_tensors
+        B, N, _ = q.shape
+        H, W = bias_h.shape[-1], bias_w.shape[-1]
+        acc = _accumulator(q.dtype)
+        grad_out = grad_out.contiguous()
+        rowdot = (grad_out.to(acc) * out.to(acc)).sum(-1)  # rowsum(dO * O), (B, N)
+        dq = torch.empty_like(q)
+        dk = torch.zeros_like(k, dtype=acc)
+        dv = torch.zeros_like(v, dtype=acc)
+        dbias_h, dbias_w = torch.empty_like(bias_h), torch.empty_like(bias_w)
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+        with torch.autocast(q.device.type, enabled=False):
+            for s in range(0, N, ctx.chunk):
+                e = min(N, s + ctx.chunk)
+                p = _logits(q[:, s:e], kt, bias_h[:, s:e].to(acc), bias_w[:, s:e].to(acc), H, W)
+                p.sub_(lse[:, s:e, None]).exp_()  # the block's softmax, recomputed
+                g = grad_out[:, s:e]
+                dv.baddbmm_(p.transpose(1, 2), g.to(acc))
+                ds = torch.bmm(g, vt).to(acc).sub_(rowdot[:, s:e, None]).mul_(p)  # d logits, (B, n, N)
+                grid = ds.view(B, e - s, H, W)
+                dbias_h[:, s:e] = grid.sum(-1)
+                dbias_w[:, s:e] = grid.sum(-2)
+                ds = ds.to(q.dtype)
+                dq[:, s:e] = torch.bmm(ds, k)
+                dk.baddbmm_(ds.transpose(1, 2).to(acc), q[:, s:e].to(acc))
+        return dq, dk.to(k.dtype), dv.to(v.dtype), dbias_h, dbias_w, None
