@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tensoradapt.train import ablation
 from tensoradapt.train.cli import OneLineParser, int_tuple
@@ -79,11 +79,14 @@ def grid_from_args(args: argparse.Namespace) -> ablation.Grid:
     return grid
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = Path(args.out or ("runs/rank_ablation_quick" if args.quick else "runs/rank_ablation"))
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None,
+         make_grid: Callable[[argparse.Namespace], ablation.Grid] = grid_from_args,
+         default_out: str = "runs/rank_ablation") -> int:
+    """Run (or list, or tabulate) a sweep; `parser` / `make_grid` / `default_out`: another sweep's (task_scaling.py)."""
+    args = (parser or build_parser()).parse_args(argv)
+    out = Path(args.out or (default_out + "_quick" if args.quick else default_out))
     try:
-        grid = grid_from_args(args)
+        grid = make_grid(args)
         for cell in grid.cells():  # validate every cell's arguments before running any
             grid.experiment_config(cell, out)
     except (ValueError, KeyError) as e:

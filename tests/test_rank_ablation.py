@@ -145,3 +145,55 @@ def test_t_interval_matches_the_textbook_value():
     assert ra.t_interval([1.0, 2.0, 3.0]) == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)  # t(0.975, 2 dof) sd/sqrt(n)
     assert ra.t_interval([5.0, 5.0]) == 0.0
     assert math.isnan(ra.t_interval([1.0]))
+
+
+def test_task_scaling_sweep_pairs_within_a_task_set_and_against_its_own_method_without_trunk(tmp_path, mini_data):
+    from tensoradapt.mtl import delta_m, get_tasks, task_table
+
+    run = dict(epochs=1, data="nyuv2", data_root=str(mini_data), image_size=(24, 32), train_size=8, val_size=4,
+               batch_size=4, progress=False, num_figures=1, checkpoint="none")
+    grid = ra.task_scaling_grid(seeds=(0, 1), task_counts=(1, 4), shared_blocks=(0, 1), quick=True, **run)
+    assert grid.scaling and grid.task_sets == {"T1": ("semantic",), "T4": tuple(list(task_table())[:4])}
+    names = [c.name for c in grid.cells()]
+    assert len(names) == len(set(names)) == 2 * 2 * (2 * 2 + 1)  # seeds x T x (k x methods + frozen)
+    assert "tucker_r4-4-4_T4_k1_s1" in names and "frozen_rnone_T1_s0" in names
+    cfg = grid.experiment_config(next(c for c in grid.cells() if c.name == "tucker_r4-4-4_T4_k1_s1"), tmp_path)
+    assert cfg.tasks == grid.task_sets["T4"] and cfg.msam.shared_blocks == 1 and cfg.train.seed == 1
+
+    out = tmp_path / "scaling"
+    rows = ra.run_grid(grid, out, log=lambda *_: None, train_cell=toy_cell)
+    assert len(rows) == len(names)
+    results = {c.name: __import__("json").loads((out / "cells" / c.name / finetune.RESULTS).read_text())
+               for c in grid.cells()}
+    for r in rows:
+        assert r["T"] == len(grid.task_sets[r["task_set"]])
+        if r["decomp"] == "lora":
+            assert r["delta_m"] == 0.0  # LoRA-STL of the same seed, task set and trunk
+        if r["decomp"] == "frozen":
+            assert r["delta_m_vs_frozen"] == 0.0
+        k0 = r["cell"].replace(f"_k{r['shared_blocks']}_", "_")
+        if r["decomp"] == "frozen":
+            assert r["delta_m_vs_k0"] == 0.0  # its own k = 0 cell: the references have no trunk
+        elif r["shared_blocks"] == 0:
+            assert r["delta_m_vs_k0"] == 0.0
+        else:  # against the same method, seed and task set without the trunk, computed directly
+            tasks = get_tasks(grid.task_sets[r["task_set"]])
+            want = delta_m(results[r["cell"]]["metrics"], results[k0]["metrics"], tasks)
+            assert r["delta_m_vs_k0"] == pytest.approx(float(want))
+    md = (out / ra.SUMMARY_MD).read_text().splitlines()
+    assert md[0].startswith("| decomp | ranks | T | k | seeds |") and md[0].endswith("Δm vs k = 0 (95 % CI) |")
+    assert len(md) == 2 + 2 * (2 * 2 + 1)
+    assert (out / ra.TASKS_PLOT).read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="task_counts"):
+        ra.task_scaling_grid(task_counts=(0, 3))
+    with pytest.raises(ValueError, match="shared_blocks must include 0"):
+        ra.task_scaling_grid(shared_blocks=(2,))
+
+
+def test_task_scaling_cli_lists_its_cells(tmp_path, capsys):
+    ts = load_script("experiments/task_scaling.py")
+    assert ts.main(["--quick", "--task-counts", "1,3", "--seeds", "0", "--dry-run", "--out", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "tucker_r4-4-4_T3_k2_s0" in listed and "frozen_rnone_T1_s0" in listed
+    assert ts.main(["--quick", "--task-counts", "9", "--out", str(tmp_path)]) == 2
+    assert "task_counts" in capsys.readouterr().err

@@ -1,6 +1,11 @@
 """The decomposition x rank x seed sweep of mSAM adapters, with delta-m against LoRA-STL.
 
-Every cell is one fine-tuning run (`tensoradapt.train.finetune.run`) in `<out>/cells/<decomp>_r<ranks>_s<seed>/`.
+Two more axes are optional (issue 15, `task_scaling_grid`): task sets (T tasks) and the task-shared trunk's
+depth k (`shared_blocks`); every pairing (LoRA-STL, frozen, the same method at k = 0) is then made within one
+task set.
+
+Every cell is one fine-tuning run (`tensoradapt.train.finetune.run`) in
+`<out>/cells/<decomp>_r<ranks>[_<task set>][_k<k>]_s<seed>/`.
 Re-running skips finished cells (results.json present) and resumes an interrupted one from its last.pt.
 Outputs in `<out>`: table.csv / table.json (one row per cell: metrics, delta-m vs the LoRA-STL cell of the
 same seed and vs the frozen encoder of the same seed, trainable parameters, times), summary.csv (mean / std
@@ -28,12 +33,12 @@ from .results import RESULTS
 __all__ = [
     "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "cell_done", "stale_settings", "seeds_on_disk",
     "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns", "BASELINE_DECOMP",
-    "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT", "RANK_PLOT", "DEFAULT_RUN", "QUICK_RUN", "PAIRED_COLUMNS",
-    "t_interval",
+    "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT", "RANK_PLOT", "TASKS_PLOT", "DEFAULT_RUN", "QUICK_RUN", "PAIRED_COLUMNS",
+    "t_interval", "task_scaling_grid",
 ]
 
 TABLE_CSV, TABLE_JSON, SUMMARY_CSV, SUMMARY_MD = "table.csv", "table.json", "summary.csv", "summary.md"
-DM_PLOT, RANK_PLOT = "delta_m_vs_params.png", "metric_vs_rank.png"
+DM_PLOT, RANK_PLOT, TASKS_PLOT = "delta_m_vs_params.png", "metric_vs_rank.png", "delta_m_vs_tasks.png"
 BASELINE_DECOMP = "lora"  # LoRA-STL: independent per-task LoRA
 REFERENCES = ("frozen", "full")  # cells without ranks, drawn as horizontal lines
 
@@ -44,11 +49,19 @@ class Cell:
     ranks: str | None       # None for frozen / full
     level: int | None       # the nominal rank plotted on the x axis
     seed: int
+    task_set: str = ""      # a key of Grid.task_sets ("": the run's own tasks)
+    shared_blocks: int = 0  # k, the task-shared trunk's depth
 
     @property
     def name(self) -> str:
         r = self.ranks.replace(",", "-") if self.ranks else "none"
-        return f"{self.decomp}_r{r}_s{self.seed}"
+        extra = (f"_{self.task_set}" if self.task_set else "") + (f"_k{self.shared_blocks}" if self.shared_blocks else "")
+        return f"{self.decomp}_r{r}{extra}_s{self.seed}"
+
+    def paired(self, decomp: str, level: int | None = None, shared_blocks: int | None = None) -> tuple:
+        """The key of the cell this one is compared with: same seed and task set."""
+        k = self.shared_blocks if shared_blocks is None else shared_blocks
+        return (decomp, level, self.seed, self.task_set, k)
 
 
 def _rank_text(decomp: str, r: int, task_rank: int) -> str:
@@ -70,6 +83,8 @@ class Grid:
     seeds: tuple[int, ...] = (0, 1, 2)
     baseline_level: int = 8                 # the LoRA-STL cell delta-m is measured against
     run: dict[str, Any] = field(default_factory=dict)
+    task_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> tasks; {}: the run's tasks
+    shared_blocks: tuple[int, ...] = (0,)   # trunk depths k; the references run at k = 0 only
 
     def __post_init__(self) -> None:
         allowed = [d for d in DECOMPS if d not in REFERENCES]
@@ -86,28 +101,46 @@ class Grid:
                              f"{self.levels[BASELINE_DECOMP]}")
         if not self.seeds:
             raise ValueError("seeds is empty")
+        self.task_sets = {str(k): tuple(v) for k, v in self.task_sets.items()}
+        if any(not k or not v for k, v in self.task_sets.items()):
+            raise ValueError(f"task_sets must map non-empty labels to non-empty task lists, got {self.task_sets}")
+        self.shared_blocks = tuple(self.shared_blocks)
+        if 0 not in self.shared_blocks:
+            raise ValueError(f"shared_blocks must include 0 (the reference of every trunk), got {self.shared_blocks}")
 
     def cells(self) -> list[Cell]:
         out = []
         for seed in self.seeds:
-            # the baseline first, so delta-m is available as soon as possible
-            out.append(Cell(BASELINE_DECOMP, _rank_text(BASELINE_DECOMP, self.baseline_level, self.task_rank),
-                            self.baseline_level, seed))
-            for d in self.decomps:
-                for r in self.levels[d]:
-                    c = Cell(d, _rank_text(d, r, self.task_rank), r, seed)
-                    if c not in out:
-                        out.append(c)
-            out += [Cell(d, None, None, seed) for d in self.references]
+            for ts in self.task_sets or [""]:
+                for k in self.shared_blocks:
+                    # the baseline first, so delta-m is available as soon as possible
+                    out.append(Cell(BASELINE_DECOMP, _rank_text(BASELINE_DECOMP, self.baseline_level, self.task_rank),
+                                    self.baseline_level, seed, ts, k))
+                    for d in self.decomps:
+                        for r in self.levels[d]:
+                            c = Cell(d, _rank_text(d, r, self.task_rank), r, seed, ts, k)
+                            if c not in out:
+                                out.append(c)
+                out += [Cell(d, None, None, seed, ts) for d in self.references]
         return out
 
+    @property
+    def scaling(self) -> bool:
+        """True for a grid over task sets or trunk depths (its rows carry T and k)."""
+        return bool(self.task_sets) or self.shared_blocks != (0,)
+
     def experiment_config(self, cell: Cell, out: Path) -> FinetuneConfig:
-        return FinetuneConfig().updated(**self.run, decomp=cell.decomp, ranks=cell.ranks, seed=cell.seed,
+        extra: dict[str, Any] = {"tasks": self.task_sets[cell.task_set]} if cell.task_set else {}
+        if cell.shared_blocks:
+            extra["shared_blocks"] = cell.shared_blocks
+        return FinetuneConfig().updated(**self.run, **extra, decomp=cell.decomp, ranks=cell.ranks, seed=cell.seed,
                                         out=str(Path(out) / "cells" / cell.name))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["levels"] = {k: list(v) for k, v in self.levels.items()}
+        d["task_sets"] = {k: list(v) for k, v in self.task_sets.items()}
+        d["shared_blocks"] = list(self.shared_blocks)
         return d
 
 
@@ -124,6 +157,25 @@ def default_grid(seeds: Sequence[int] = (0, 1, 2), **run: Any) -> Grid:
 def quick_grid(seeds: Sequence[int] = (0,), **run: Any) -> Grid:
     return Grid(decomps=("tucker", "lora", "cp"), levels={"tucker": (4,), "lora": (4,), "cp": (8,)},
                 references=(), seeds=tuple(seeds), baseline_level=4, run={**QUICK_RUN, **run})
+
+
+def task_scaling_grid(seeds: Sequence[int] = (0, 1, 2), task_counts: Sequence[int] = (3, 5, 8),
+                      shared_blocks: Sequence[int] = (0, 2), decomps: Sequence[str] = ("tucker", "lora"),
+                      quick: bool = False, **run: Any) -> Grid:
+    """Issue 15's sweep: `decomps` (default TA-LoRA and LoRA-STL) at the small rank, and the frozen encoder,
+    for the first T tasks of the task table (`tensoradapt.mtl.task_table`) and trunk depths k (default L/2 = 2
+    of tiny_p8's 4 blocks)."""
+    from ..mtl import task_table
+
+    names = list(task_table())
+    bad = [t for t in task_counts if not 1 <= t <= len(names)]
+    if bad:
+        raise ValueError(f"task_counts must lie in 1..{len(names)}, got {bad}")
+    level = 4 if quick else 8
+    decomps = tuple(dict.fromkeys((*decomps, BASELINE_DECOMP)))
+    return Grid(decomps=decomps, levels={d: (level,) for d in decomps}, references=("frozen",),
+                seeds=tuple(seeds), baseline_level=level, task_sets={f"T{t}": tuple(names[:t]) for t in task_counts},
+                shared_blocks=tuple(shared_blocks), run={**(QUICK_RUN if quick else DEFAULT_RUN), **run})
 
 
 # -------------------------------------------------------------------------------------------- running
@@ -202,15 +254,18 @@ def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
             results[cell] = json.loads(p.read_text())
     if not results:
         return []
-    tasks = get_tasks(next(iter(results.values()))["config"]["tasks"])
+    by_key = {(c.decomp, c.level, c.seed, c.task_set, c.shared_blocks): r for c, r in results.items()}
     rows = []
     for cell, res in results.items():
-        base = next((r for c, r in results.items() if c.seed == cell.seed and c.decomp == BASELINE_DECOMP
-                     and c.level == grid.baseline_level), None)
+        tasks = get_tasks(tuple(res["config"]["tasks"]))
+        base = by_key.get(cell.paired(BASELINE_DECOMP, grid.baseline_level))
+        frozen = by_key.get(cell.paired("frozen", shared_blocks=0))
         row: dict[str, Any] = {
             "decomp": cell.decomp, "ranks": cell.ranks or "", "level": cell.level, "seed": cell.seed,
             "trainable_params": res["params"]["trainable"], "delta_params": res["params"]["delta"],
         }
+        if grid.scaling:
+            row.update(task_set=cell.task_set, T=len(tasks), shared_blocks=cell.shared_blocks)
         for t in tasks:
             for m, v in sorted(res["metrics"].get(t, {}).items()):
                 row[f"{t}/{m}"] = v
@@ -222,13 +277,16 @@ def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
                 row["delta_m"] = float(delta_m(res["metrics"], base["metrics"], tasks))
             except ValueError as e:  # e.g. a baseline metric at 0: the relative change is undefined
                 row["delta_m_note"] = str(e)
-        frozen = next((r for c, r in results.items() if c.seed == cell.seed and c.decomp == "frozen"), None)
-        row["delta_m_vs_frozen"] = None
-        if frozen is not None:
-            try:
-                row["delta_m_vs_frozen"] = float(delta_m(res["metrics"], frozen["metrics"], tasks))
-            except ValueError:
-                pass
+        refs = [("delta_m_vs_frozen", frozen)]
+        if grid.scaling:
+            refs.append(("delta_m_vs_k0", by_key.get(cell.paired(cell.decomp, cell.level, 0))))
+        for column, ref in refs:
+            row[column] = None
+            if ref is not None:
+                try:
+                    row[column] = float(delta_m(res["metrics"], ref["metrics"], tasks))
+                except ValueError:
+                    pass
         row.update(steps=res["steps"], train_time_s=round(res["train_time_s"], 2),
                    wall_time_s=round(res["wall_time_s"], 2), cell=cell.name)
         rows.append(row)
@@ -241,7 +299,7 @@ def write_outputs(grid: Grid, out: Path) -> list[dict[str, Any]]:
     rows = collect_rows(grid, out)
     if not rows:
         return rows
-    from .plots import plot_delta_m_vs_params, plot_metric_vs_rank
+    from .plots import plot_delta_m_vs_params, plot_delta_m_vs_tasks, plot_metric_vs_rank
 
     out = Path(out)
     atomic_write_json(out / TABLE_JSON, {"grid": grid.to_dict(), "rows": rows})
@@ -249,8 +307,11 @@ def write_outputs(grid: Grid, out: Path) -> list[dict[str, Any]]:
     summary = summarize(rows)
     _write_csv(out / SUMMARY_CSV, summary)
     atomic_write_text(out / SUMMARY_MD, summary_markdown(summary))
-    plot_delta_m_vs_params(rows, out / DM_PLOT)
-    plot_metric_vs_rank(rows, out / RANK_PLOT)
+    if grid.scaling:
+        plot_delta_m_vs_tasks(summary, out / TASKS_PLOT)
+    else:
+        plot_delta_m_vs_params(rows, out / DM_PLOT)
+        plot_metric_vs_rank(rows, out / RANK_PLOT)
     return rows
 
 
@@ -273,8 +334,9 @@ def metric_columns(rows: Iterable[dict]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r if "/" in k))
 
 
-#: the paired differences (per seed, against a reference cell of the same seed) that get a 95 % interval
-PAIRED_COLUMNS = ("delta_m", "delta_m_vs_frozen")
+#: the paired differences (per seed, against a reference cell of the same seed and task set) that get a 95 %
+#: interval; delta_m_vs_k0: against the same method without a trunk
+PAIRED_COLUMNS = ("delta_m", "delta_m_vs_frozen", "delta_m_vs_k0")
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> float:
@@ -290,13 +352,14 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> float:
 def summarize(rows: list[dict]) -> list[dict[str, Any]]:
     """Mean and standard deviation over seeds of every numeric column, per (decomp, ranks); for the paired
     differences (`PAIRED_COLUMNS`) also the half-width of their 95 % t-interval (`<column>_ci95`)."""
+    axes = [k for k in ("task_set", "T", "shared_blocks") if any(k in r for r in rows)]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["decomp"], r["ranks"]), []).append(r)
+        groups.setdefault((r["decomp"], r["ranks"], *(r.get(k) for k in axes)), []).append(r)
     out = []
-    for (decomp, ranks), rs in groups.items():
-        s: dict[str, Any] = {"decomp": decomp, "ranks": ranks, "level": rs[0]["level"], "seeds": len(rs),
-                             "trainable_params": rs[0]["trainable_params"]}
+    for (decomp, ranks, *axis_values), rs in groups.items():
+        s: dict[str, Any] = {"decomp": decomp, "ranks": ranks, **dict(zip(axes, axis_values)),
+                             "level": rs[0]["level"], "seeds": len(rs), "trainable_params": rs[0]["trainable_params"]}
         for k in metric_columns(rs) + [*PAIRED_COLUMNS, "train_time_s"]:
             vals = [r[k] for r in rs if isinstance(r.get(k), (int, float))]
             if vals:
@@ -324,13 +387,20 @@ def summary_markdown(summary: list[dict[str, Any]]) -> str:
 
     names = [c.split("/")[0] for c in metric_columns(summary) if not c.endswith(("_std", "_ci95"))]
     tasks = get_tasks(tuple(dict.fromkeys(names)))
+    scaling = any("T" in r for r in summary)
+    if scaling:  # the main metrics of the three base tasks only; Δm covers each row's own T tasks
+        tasks = {t: spec for t, spec in tasks.items() if t in ("semantic", "depth", "normal")}
     metrics = [f"{t}/{spec.main_metric}" for t, spec in tasks.items()]
-    head = ["decomp", "ranks", "seeds", "trainable", *metrics, "Δm vs LoRA-STL (95 % CI)", "Δm vs frozen (95 % CI)"]
+    head = ["decomp", "ranks", *(["T", "k"] if scaling else []), "seeds", "trainable", *metrics,
+            "Δm vs LoRA-STL (95 % CI)", "Δm vs frozen (95 % CI)", *(["Δm vs k = 0 (95 % CI)"] if scaling else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {d: k for k, d in enumerate(("frozen", "lora", "shared-lora", "tucker", "cp", "tt", "full"))}
-    for r in sorted(summary, key=lambda r: (order.get(r["decomp"], 9), r["trainable_params"])):
-        cells = [r["decomp"], r["ranks"] or "–", str(r["seeds"]), f"{r['trainable_params']:,}",
+    for r in sorted(summary, key=lambda r: (r.get("T", 0), order.get(r["decomp"], 9), r.get("shared_blocks", 0),
+                                            r["trainable_params"])):
+        cells = [r["decomp"], r["ranks"] or "–", *([str(r["T"]), str(r["shared_blocks"])] if scaling else []),
+                 str(r["seeds"]), f"{r['trainable_params']:,}",
                  *(_pm(r, m, 3 if "err" in m else 2) for m in metrics),
-                 _pm(r, "delta_m", 2, "_ci95"), _pm(r, "delta_m_vs_frozen", 2, "_ci95")]
+                 _pm(r, "delta_m", 2, "_ci95"), _pm(r, "delta_m_vs_frozen", 2, "_ci95"),
+                 *([_pm(r, "delta_m_vs_k0", 2, "_ci95")] if scaling else [])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -217,3 +217,30 @@ def plot_metric_vs_rank(rows: Sequence[Mapping[str, Any]], path: str | Path | No
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     return _finish(fig, path)
+
+
+def plot_delta_m_vs_tasks(summary: Sequence[Mapping[str, Any]], path: str | Path | None = None):
+    """Task scaling: Δm vs the frozen encoder (mean over seeds, error bar = the 95 % interval of the paired
+    differences) against the number of tasks T, one line per (method, trunk depth k).
+    `summary`: `tensoradapt.train.ablation.summarize` of a task-scaling grid's rows."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    lines = dict.fromkeys((r["decomp"], r["shared_blocks"]) for r in summary if r["ranks"])
+    for decomp, k in lines:
+        pts = sorted((r for r in summary if (r["decomp"], r["shared_blocks"]) == (decomp, k)
+                      and "delta_m_vs_frozen" in r), key=lambda r: r["T"])
+        if pts:
+            ci = [p.get("delta_m_vs_frozen_ci95", 0) for p in pts]
+            ax.errorbar([p["T"] for p in pts], [p["delta_m_vs_frozen"] for p in pts],
+                        yerr=[0 if c != c else c for c in ci], marker=_MARKERS.get(decomp, "o"), capsize=3,
+                        ls="-" if k == 0 else "--", label=f"{decomp}, k = {k}")
+    ax.axhline(0, lw=0.8, color="black")
+    ts = sorted({r["T"] for r in summary})
+    ax.set_xticks(ts, [str(t) for t in ts])
+    ax.set_xlabel("tasks T")
+    ax.set_ylabel("Δm vs frozen encoder (%)  ↑ better")
+    ax.set_title("Δm as tasks are added (k: task-shared trunk blocks)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:  # none until a frozen cell has finished
+        ax.legend(fontsize=8)
+    return _finish(fig, path)

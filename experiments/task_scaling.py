@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Δm as tasks are added, with and without a task-shared trunk (issue 15): TA-LoRA and LoRA-STL at the small
+rank and the frozen encoder, for the first T tasks of the task table, trunk depths k, 3 seeds.
+
+    python experiments/task_scaling.py                     # T in 3,5,8, k in 0,2, 3 seeds (45 cells)
+    python experiments/task_scaling.py --quick             # CI-sized
+    python experiments/task_scaling.py --shard 0/2 & python experiments/task_scaling.py --shard 1/2
+    python experiments/task_scaling.py --table-only        # summary.md + delta_m_vs_tasks.png
+
+Every Δm is paired within one seed and one task set: against LoRA-STL, against the frozen encoder, and
+against the same method without a trunk (`delta_m_vs_k0`, what sharing costs or buys). Each row's Δm covers
+its own T tasks; the table shows the three base tasks' metrics. Cells, resuming and sharding as in
+rank_ablation.py (`tensoradapt.train.ablation`).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import rank_ablation  # noqa: E402
+from tensoradapt.train import ablation  # noqa: E402
+from tensoradapt.train.cli import int_tuple  # noqa: E402
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = rank_ablation.build_parser()
+    parser.prog = "task_scaling.py"
+    parser.description = __doc__.split("\n")[0]
+    parser.add_argument("--task-counts", type=int_tuple, default=(3, 5, 8), help="the numbers of tasks T")
+    parser.add_argument("--shared-blocks", type=int_tuple, default=(0, 2), help="trunk depths k (must include 0)")
+
+    def grid(args) -> ablation.Grid:
+        run = {k: getattr(args, k) for k in rank_ablation.RUN_FLAGS if getattr(args, k) is not None}
+        seeds = {"seeds": args.seeds} if args.seeds else {}
+        decomps = {"decomps": tuple(d.strip() for d in args.decomps.split(",") if d.strip())} if args.decomps else {}
+        return ablation.task_scaling_grid(task_counts=args.task_counts, shared_blocks=args.shared_blocks,
+                                          quick=args.quick, **seeds, **decomps, **run)
+
+    return rank_ablation.main(argv, parser=parser, make_grid=grid, default_out="runs/task_scaling")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
