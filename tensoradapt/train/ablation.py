@@ -33,8 +33,8 @@ from .results import RESULTS
 __all__ = [
     "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "cell_done", "stale_settings", "seeds_on_disk",
     "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns", "BASELINE_DECOMP",
-    "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT", "RANK_PLOT", "TASKS_PLOT", "DEFAULT_RUN", "QUICK_RUN", "PAIRED_COLUMNS",
-    "t_interval", "task_scaling_grid",
+    "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT", "RANK_PLOT",
+    "TASKS_PLOT", "DEFAULT_RUN", "QUICK_RUN", "PAIRED_COLUMNS", "t_interval", "task_scaling_grid",
 ]
 
 TABLE_CSV, TABLE_JSON, SUMMARY_CSV, SUMMARY_MD = "table.csv", "table.json", "summary.csv", "summary.md"
@@ -55,8 +55,9 @@ class Cell:
     @property
     def name(self) -> str:
         r = self.ranks.replace(",", "-") if self.ranks else "none"
-        extra = (f"_{self.task_set}" if self.task_set else "") + (f"_k{self.shared_blocks}" if self.shared_blocks else "")
-        return f"{self.decomp}_r{r}{extra}_s{self.seed}"
+        ts = f"_{self.task_set}" if self.task_set else ""
+        k = f"_k{self.shared_blocks}" if self.shared_blocks else ""
+        return f"{self.decomp}_r{r}{ts}{k}_s{self.seed}"
 
     def paired(self, decomp: str, level: int | None = None, shared_blocks: int | None = None) -> tuple:
         """The key of the cell this one is compared with: same seed and task set."""
