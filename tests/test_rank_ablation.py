@@ -186,8 +186,14 @@ def test_task_scaling_sweep_pairs_within_a_task_set_and_against_its_own_method_w
     assert (out / ra.TASKS_PLOT).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="task_counts"):
         ra.task_scaling_grid(task_counts=(0, 3))
-    with pytest.raises(ValueError, match="shared_blocks must include 0"):
+    with pytest.raises(ValueError, match="shared_blocks must be distinct ints >= 0 including 0"):
         ra.task_scaling_grid(shared_blocks=(2,))
+    with pytest.raises(ValueError, match="shared_blocks must be distinct"):
+        ra.task_scaling_grid(shared_blocks=(0, 0))
+    with pytest.raises(ValueError, match="letter-and-digit labels"):
+        ra.Grid(task_sets={"T3_k2": ("semantic",)})
+    with pytest.raises(ValueError, match=r"run must not set \['shared_blocks'\]"):
+        ra.Grid(shared_blocks=(0, 1), run={**run, "shared_blocks": 1})
 
 
 def test_task_scaling_cli_lists_its_cells(tmp_path, capsys):

@@ -11,7 +11,6 @@ from tensoradapt.sam.rel_pos_attention import rel_pos_attention
 
 def _direct(q, k, v, bias_h, bias_w):
     B, N, _ = q.shape
-    H, W = bias_h.shape[-1], bias_w.shape[-1]
     bias = (bias_h[:, :, :, None] + bias_w[:, :, None, :]).reshape(B, N, N)
     return torch.softmax(q @ k.transpose(1, 2) + bias, dim=-1) @ v
 
@@ -60,6 +59,23 @@ def test_large_logits_do_not_overflow():
     out = rel_pos_attention(q * 1e3, k, v, bh * 1e3, bw, chunk=3)
     assert torch.isfinite(out).all()
     assert torch.allclose(out, _direct(q * 1e3, k, v, bh * 1e3, bw), atol=1e-8)
+
+
+def test_fp16_does_not_overflow_where_the_softmax_does_not():
+    # uniform attention over 1024 keys of value 100: the answer is 100; an unnormalised P @ V in fp16 is inf
+    N = 32 * 32
+    q, k = torch.zeros(1, N, 8, dtype=torch.float16), torch.zeros(1, N, 8, dtype=torch.float16)
+    v = torch.full((1, N, 8), 100.0, dtype=torch.float16)
+    bh, bw = torch.zeros(1, N, 32, dtype=torch.float16), torch.zeros(1, N, 32, dtype=torch.float16)
+    out = rel_pos_attention(q, k, v, bh, bw)
+    assert out.dtype == torch.float16 and torch.equal(out, v)
+
+
+def test_double_backward_raises_instead_of_a_silent_wrong_answer():
+    x = _inputs(1, 2, 3, 4)
+    (g,) = torch.autograd.grad(rel_pos_attention(*x, chunk=4).sum(), x[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad|differentiate twice"):
+        torch.autograd.grad(g.sum(), x[1])
 
 
 def test_bad_shapes_name_the_argument():

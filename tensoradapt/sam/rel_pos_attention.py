@@ -7,7 +7,8 @@ for N = H * W tokens on an (H, W) grid (token j = h_j * W + w_j). The forward wa
 output and each row's log-sum-exp, O(N (c + H + W)). The backward recomputes each block's probabilities from
 them (the flash-attention recurrence: dS = P * (dO V^T - rowsum(dO * O))), so its extra cost is one q k^T product
 per block. The bias is added to a block in place, broadcast from (chunk, H, 1) and (chunk, 1, W): the (N, N) bias
-is never built either.
+is never built either. It computes in float32 at least (fp16 / bf16 inputs are upcast, the output cast back), and
+it is differentiable once (a double backward raises).
 
 On a CPU this is faster than segment-anything's attention (which keeps softmax(logits), N x N, for backward),
 because a (chunk, N) block stays in cache: `benchmarks/bench_attention.py` measures it. `attention.py` uses it
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["rel_pos_attention", "CHUNK_ELEMENTS"]
 
@@ -47,16 +49,17 @@ def rel_pos_attention(q: Tensor, k: Tensor, v: Tensor, bias_h: Tensor, bias_w: T
 
 
 def _logits(q: Tensor, kt: Tensor, bias_h: Tensor, bias_w: Tensor, H: int, W: int) -> Tensor:
-    """The block's logits q kt + bias, (B, n, N), in the bias's dtype (bias added in place, by broadcast)."""
+    """The block's logits q kt + bias, (B, n, N) (bias added in place, by broadcast)."""
     B, n, _ = q.shape
-    s = torch.bmm(q, kt).to(bias_h.dtype)
+    s = torch.bmm(q, kt)
     grid = s.view(B, n, H, W)
     grid.add_(bias_h[:, :, :, None]).add_(bias_w[:, :, None, :])
     return s
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    """Softmax statistics and gradient sums in float32 at least (bf16 / fp16 inputs)."""
+    """The dtype the kernel computes in: float32 at least, so fp16 / bf16 inputs neither overflow nor lose the
+    softmax's sums (the inputs are (N, c)-sized; the (chunk, N) blocks are made in this dtype)."""
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -65,48 +68,50 @@ class _RelPosAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, bias_h, bias_w, chunk):
         B, N, _ = q.shape
         H, W = bias_h.shape[-1], bias_w.shape[-1]
-        acc = _accumulator(q.dtype)
+        acc, inputs = _accumulator(q.dtype), (q, k, v, bias_h, bias_w)
+        q, k, v, bias_h, bias_w = (t.to(acc) for t in inputs)
         out = torch.empty_like(v)
         lse = torch.empty(B, N, device=q.device, dtype=acc)
         kt = k.transpose(1, 2)
         with torch.autocast(q.device.type, enabled=False):
             for s in range(0, N, chunk):
                 e = min(N, s + chunk)
-                logits = _logits(q[:, s:e], kt, bias_h[:, s:e].to(acc), bias_w[:, s:e].to(acc), H, W)
-                peak = logits.amax(-1, keepdim=True)
-                p = logits.sub_(peak).exp_()
+                p = _logits(q[:, s:e], kt, bias_h[:, s:e], bias_w[:, s:e], H, W)
+                peak = p.amax(-1, keepdim=True)
+                p.sub_(peak).exp_()
                 total = p.sum(-1, keepdim=True)
-                out[:, s:e] = torch.bmm(p.to(v.dtype), v).div_(total.to(v.dtype))
+                out[:, s:e] = torch.bmm(p, v).div_(total)
                 lse[:, s:e] = (peak + total.log()).squeeze(-1)
-        ctx.save_for_backward(q, k, v, bias_h, bias_w, out, lse)
+        ctx.save_for_backward(*inputs, out, lse)  # inputs in their own dtype, upcast again in backward
         ctx.chunk = chunk
-        return out
+        return out.to(inputs[2].dtype)
 
     @staticmethod
+    @once_differentiable  # the recomputed softmax treats lse as a constant: no double backward through it
     def backward(ctx, grad_out):
-        q, k, v, bias_h, bias_w, out, lse = ctx.saved_tensors
+        *saved, out, lse = ctx.saved_tensors
+        dtypes = [t.dtype for t in saved]
+        acc = _accumulator(dtypes[0])
+        q, k, v, bias_h, bias_w = (t.to(acc) for t in saved)
         B, N, _ = q.shape
         H, W = bias_h.shape[-1], bias_w.shape[-1]
-        acc = _accumulator(q.dtype)
-        grad_out = grad_out.contiguous()
-        rowdot = (grad_out.to(acc) * out.to(acc)).sum(-1)  # rowsum(dO * O), (B, N)
-        dq = torch.empty_like(q)
-        dk = torch.zeros_like(k, dtype=acc)
-        dv = torch.zeros_like(v, dtype=acc)
+        grad_out = grad_out.to(acc).contiguous()
+        rowdot = (grad_out * out).sum(-1)  # rowsum(dO * O), (B, N)
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         dbias_h, dbias_w = torch.empty_like(bias_h), torch.empty_like(bias_w)
         kt, vt = k.transpose(1, 2), v.transpose(1, 2)
         with torch.autocast(q.device.type, enabled=False):
             for s in range(0, N, ctx.chunk):
                 e = min(N, s + ctx.chunk)
-                p = _logits(q[:, s:e], kt, bias_h[:, s:e].to(acc), bias_w[:, s:e].to(acc), H, W)
+                p = _logits(q[:, s:e], kt, bias_h[:, s:e], bias_w[:, s:e], H, W)
                 p.sub_(lse[:, s:e, None]).exp_()  # the block's softmax, recomputed
                 g = grad_out[:, s:e]
-                dv.baddbmm_(p.transpose(1, 2), g.to(acc))
-                ds = torch.bmm(g, vt).to(acc).sub_(rowdot[:, s:e, None]).mul_(p)  # d logits, (B, n, N)
+                dv.baddbmm_(p.transpose(1, 2), g)
+                ds = torch.bmm(g, vt).sub_(rowdot[:, s:e, None]).mul_(p)  # d logits, (B, n, N)
                 grid = ds.view(B, e - s, H, W)
                 dbias_h[:, s:e] = grid.sum(-1)
                 dbias_w[:, s:e] = grid.sum(-2)
-                ds = ds.to(q.dtype)
                 dq[:, s:e] = torch.bmm(ds, k)
-                dk.baddbmm_(ds.transpose(1, 2).to(acc), q[:, s:e].to(acc))
-        return dq, dk.to(k.dtype), dv.to(v.dtype), dbias_h, dbias_w, None
+                dk.baddbmm_(ds.transpose(1, 2), q[:, s:e])
+        grads = (dq, dk, dv, dbias_h, dbias_w)
+        return (*(g.to(dt) for g, dt in zip(grads, dtypes)), None)

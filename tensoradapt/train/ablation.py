@@ -103,11 +103,16 @@ class Grid:
         if not self.seeds:
             raise ValueError("seeds is empty")
         self.task_sets = {str(k): tuple(v) for k, v in self.task_sets.items()}
-        if any(not k or not v for k, v in self.task_sets.items()):
-            raise ValueError(f"task_sets must map non-empty labels to non-empty task lists, got {self.task_sets}")
+        if any(not k.isalnum() or not k.isascii() or not v for k, v in self.task_sets.items()):
+            raise ValueError(f"task_sets must map letter-and-digit labels (they name cell folders) to non-empty "
+                             f"task lists, got {self.task_sets}")
         self.shared_blocks = tuple(self.shared_blocks)
-        if 0 not in self.shared_blocks:
-            raise ValueError(f"shared_blocks must include 0 (the reference of every trunk), got {self.shared_blocks}")
+        k = self.shared_blocks
+        if 0 not in k or len(set(k)) != len(k) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in k):
+            raise ValueError(f"shared_blocks must be distinct ints >= 0 including 0 (every trunk's reference), got {k}")
+        clash = sorted({"tasks", "shared_blocks"} & set(self.run)) if self.scaling else []
+        if clash:
+            raise ValueError(f"run must not set {clash}: the grid's task_sets / shared_blocks axes set them per cell")
 
     def cells(self) -> list[Cell]:
         out = []
@@ -132,7 +137,7 @@ class Grid:
 
     def experiment_config(self, cell: Cell, out: Path) -> FinetuneConfig:
         extra: dict[str, Any] = {"tasks": self.task_sets[cell.task_set]} if cell.task_set else {}
-        if cell.shared_blocks:
+        if self.scaling and cell.decomp not in REFERENCES:
             extra["shared_blocks"] = cell.shared_blocks
         return FinetuneConfig().updated(**self.run, **extra, decomp=cell.decomp, ranks=cell.ranks, seed=cell.seed,
                                         out=str(Path(out) / "cells" / cell.name))
