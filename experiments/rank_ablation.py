@@ -68,13 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def grid_options(args: argparse.Namespace) -> tuple[dict, tuple[str, ...] | None]:
+    """(the keyword options every grid factory takes: the run flags given and `seeds`; the `--decomps` list)."""
+    kwargs = {k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None}
+    if args.seeds:
+        kwargs["seeds"] = args.seeds
+    decomps = tuple(d.strip() for d in args.decomps.split(",") if d.strip()) if args.decomps else None
+    return kwargs, decomps
+
+
 def grid_from_args(args: argparse.Namespace) -> ablation.Grid:
-    run = {k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None}
-    seeds = {"seeds": args.seeds} if args.seeds else {}
-    grid = ablation.quick_grid(**seeds, **run) if args.quick else ablation.default_grid(**seeds, **run)
-    if args.decomps:
-        keep = tuple(d.strip() for d in args.decomps.split(",") if d.strip())
-        keep = keep + ((ablation.BASELINE_DECOMP,) if ablation.BASELINE_DECOMP not in keep else ())
+    kwargs, decomps = grid_options(args)
+    grid = ablation.quick_grid(**kwargs) if args.quick else ablation.default_grid(**kwargs)
+    if decomps:
+        keep = decomps + ((ablation.BASELINE_DECOMP,) if ablation.BASELINE_DECOMP not in decomps else ())
         grid = dataclasses.replace(grid, decomps=keep)
     return grid
 

@@ -33,11 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shared-blocks", type=int_tuple, default=(0, 2), help="trunk depths k (must include 0)")
 
     def grid(args) -> ablation.Grid:
-        run = {k: getattr(args, k) for k in rank_ablation.RUN_FLAGS if getattr(args, k) is not None}
-        seeds = {"seeds": args.seeds} if args.seeds else {}
-        decomps = {"decomps": tuple(d.strip() for d in args.decomps.split(",") if d.strip())} if args.decomps else {}
+        kwargs, decomps = rank_ablation.grid_options(args)
+        if decomps:
+            kwargs["decomps"] = decomps
         return ablation.task_scaling_grid(task_counts=args.task_counts, shared_blocks=args.shared_blocks,
-                                          quick=args.quick, **seeds, **decomps, **run)
+                                          quick=args.quick, **kwargs)
 
     return rank_ablation.main(argv, parser=parser, make_grid=grid, default_out="runs/task_scaling")
 
