@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
 from tensoradapt.train import ablation
 from tensoradapt.train.cli import OneLineParser, int_tuple
 from tensoradapt.train.finetune import UsageError
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data", default=None)
     a("--data-root", default=None)
     a("--device", default=None)
-    a("--threads", type=int, default=None, help="torch intra-op threads per cell (default: torch's)")
+    a("--threads", type=int, default=None, help="torch intra-op threads per cell (default: torch's, divided by N "
+      "under --shard I/N)")
     a("--amp", default=None, help="auto (bf16 on CUDA), bf16 or off")
     a("--num-workers", type=int, default=None, help="data-loading processes per cell")
     a("--shard", type=shard_spec, default=None,
@@ -71,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 def grid_options(args: argparse.Namespace) -> tuple[dict, tuple[str, ...] | None]:
     """(the keyword options every grid factory takes: the run flags given and `seeds`; the `--decomps` list)."""
     kwargs = {k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None}
+    if args.shard and args.threads is None:  # N processes share this machine's cores
+        kwargs["threads"] = max(1, torch.get_num_threads() // args.shard[1])
     if args.seeds:
         kwargs["seeds"] = args.seeds
     decomps = tuple(d.strip() for d in args.decomps.split(",") if d.strip()) if args.decomps else None

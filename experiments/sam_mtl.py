@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train and evaluate a multi-task SAM (mSAM) with one adapter configuration on NYUv2-style data.
 
-    python experiments/sam_mtl.py             # TA-LoRA (Tucker 4,8,8) on the pretrained tiny SAM, synthetic
-                                              # scenes, 5 epochs: ~2.5 min on 2 idle CPU cores, ~6 min the
-                                              # first time (builds the scenes and the tiny SAM checkpoint)
+    python experiments/sam_mtl.py             # TA-LoRA (Tucker 4,8,8) on the shipped tiny SAM, synthetic
+                                              # scenes, 5 epochs: ~5 min on 2 idle CPU cores (+~15 s the
+                                              # first time, to render the scenes)
     python experiments/sam_mtl.py --decomp lora --out runs/sam_mtl/lora          # LoRA-STL baseline
     python experiments/sam_mtl.py --decomp tucker --baseline runs/sam_mtl/lora/results.json   # + delta-m
     python experiments/sam_mtl.py --model vit_b --checkpoint sam_vit_b_01ec64.pth \\
@@ -86,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--skip-nonfinite", action="store_true", help="skip steps with a NaN/inf loss instead of stopping")
     a("--num-workers", type=int, default=t.num_workers)
     a("--device", default=t.device, help="auto, cpu, cuda or cuda:N")
-    a("--threads", type=int, default=d.threads, help="torch intra-op threads; 0 (default): 1 for the tiny "
-      "model on CPU (its ops are too small to gain from more, and on a shared CPU 2 oversubscribed threads "
-      "ran 4-9x slower), torch's default otherwise")
+    a("--threads", type=int, default=d.threads, help="torch intra-op threads; 0 (default): torch's, every core. "
+      "Running several runs side by side, give each --threads 1: two default runs on 2 cores each ran 2.7x "
+      "slower than with one thread each")
     a("--out", default=None, help="output folder (default runs/sam_mtl/<decomp>-seed<seed>)")
     a("--resume", action="store_true", help="continue from <out>/last.pt")
     a("--baseline", default=None, help="results.json of the single-task baseline for delta-m (e.g. the lora run)")

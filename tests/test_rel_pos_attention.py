@@ -61,6 +61,20 @@ def test_large_logits_do_not_overflow():
     assert torch.allclose(out, _direct(q * 1e3, k, v, bh * 1e3, bw), atol=1e-8)
 
 
+def test_sharp_float32_attention_keeps_values_and_gradients():
+    """Logits spread over hundreds (trained attention is sharp): most probabilities underflow float32, the kernel
+    must still match the float64 reference, in forward and in its recomputing backward."""
+    x64 = _inputs(2, 5, 6, 8, seed=3)
+    x64[0] = (x64[0].detach() * 12).requires_grad_()  # q: logits ~ +-200
+    x32 = [t.detach().float().requires_grad_() for t in x64]
+    ref, out = _direct(*x64), rel_pos_attention(*x32, chunk=7)
+    assert torch.allclose(out.double(), ref, atol=1e-4, rtol=1e-4)
+    up = torch.cos(ref.detach() * 3)
+    for name, a, b in zip(("q", "k", "v", "bias_h", "bias_w"), torch.autograd.grad(out, x32, up.float()),
+                          torch.autograd.grad(ref, x64, up)):
+        assert torch.isfinite(a).all() and torch.allclose(a.double(), b, atol=1e-3, rtol=1e-3), name
+
+
 def test_fp16_does_not_overflow_where_the_softmax_does_not():
     # uniform attention over 1024 keys of value 100: the answer is 100; an unnormalised P @ V in fp16 is inf
     N = 32 * 32

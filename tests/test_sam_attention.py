@@ -132,17 +132,25 @@ def test_the_relative_table_equals_segment_anythings_lookup():
     assert torch.equal(_relative_table(7, longer, get_rel_pos), get_rel_pos(7, 7, longer))
 
 
-def test_auto_runs_the_chunked_kernel_on_cpu(monkeypatch):
+@pytest.mark.parametrize("dense_max, kernel_calls", [(None, 0), (0, 1)])
+def test_auto_on_cpu_is_dense_for_calls_of_one_chunk_and_chunked_above(monkeypatch, dense_max, kernel_calls):
+    """"auto" runs the chunked kernel only where chunking saves memory, and equals segment-anything either way."""
     from tensoradapt.sam import attention
 
+    if dense_max is not None:
+        monkeypatch.setattr(attention, "DENSE_MAX_ELEMENTS", dense_max)
     calls = []
     real = attention.rel_pos_attention
     monkeypatch.setattr(attention, "rel_pos_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
     enc = get_sam_config("tiny").build_image_encoder()
-    set_attention(enc, "auto")
+    x = torch.rand(2, 3, get_sam_config("tiny").image_size, get_sam_config("tiny").image_size)
     with torch.no_grad():
-        enc(torch.rand(1, 3, get_sam_config("tiny").image_size, get_sam_config("tiny").image_size))
-    assert len(calls) == len(enc.blocks)
+        ref = enc(x)
+        set_attention(enc, "auto")
+        out = enc(x)
+    assert len(calls) == kernel_calls * len(enc.blocks)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
 
 
 def test_chunked_attention_is_mixed_task_and_autocast_safe_in_training():

@@ -17,8 +17,10 @@ bias_w (N, W), O(N (H + W)) per head, and never build the (N, N) bias or probabi
   the output. Fastest on CUDA; on a CPU the ~3x wider products cost more than they save.
 - "chunked": `rel_pos_attention`, exact logits in blocks of query rows with a flash-style recomputing backward.
   Faster than segment-anything's own attention on a CPU.
-- "auto" (the default): "chunked" for CPU tensors, "sdpa" otherwise (decided per call from the device type, no
-  host sync).
+- "auto" (the default): "sdpa" for non-CPU tensors; on a CPU, "chunked" when a call's logits over all its
+  (batch x heads) would fill more than one chunk (`DENSE_MAX_ELEMENTS`), else the plain dense formula, which
+  then costs no more memory than the kernel's single block and skips its recomputation (the tiny SAM's global
+  blocks: 0.73x the kernel's time). Decided per call from the device type and shapes, no host sync.
 
 `set_attention(encoder, kind)` swaps the class of every block's `attn` for a subclass whose forward does this;
 parameters, state-dict keys and the wrapped (possibly adapted) `qkv` / `proj` are untouched, and
@@ -33,12 +35,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._import import sam_modeling
-from .rel_pos_attention import rel_pos_attention
+from .rel_pos_attention import CHUNK_ELEMENTS, rel_pos_attention
 
-__all__ = ["ATTENTIONS", "set_attention", "memory_efficient_attention"]
+__all__ = ["ATTENTIONS", "set_attention", "memory_efficient_attention", "DENSE_MAX_ELEMENTS"]
 
-#: "auto": "chunked" on CPUs, "sdpa" elsewhere; "sdpa": fused attention with folded relative positions;
-#: "chunked": exact blocks of query rows; "sam": segment-anything's own forward (stores N x N).
+#: "auto" on a CPU computes a call densely when its (batch x heads, N, N) logits hold at most this many values
+#: (one chunk of the "chunked" kernel: chunking would save nothing), else with the chunked kernel
+DENSE_MAX_ELEMENTS = CHUNK_ELEMENTS
+
+#: "auto": "chunked" on CPUs (dense for calls that fit one chunk), "sdpa" elsewhere; "sdpa": fused attention
+#: with folded relative positions; "chunked": exact blocks of query rows; "sam": segment-anything's own forward
+#: (stores N x N).
 ATTENTIONS = ("auto", "sdpa", "chunked", "sam")
 
 
@@ -49,7 +56,8 @@ def _round8(n: int) -> int:
 def memory_efficient_attention(attn: nn.Module, x: Tensor, kind: str = "auto", get_rel_pos=None) -> Tensor:
     """segment-anything `Attention.forward` without the N x N matrix: x (B, H, W, dim) -> (B, H, W, dim).
 
-    `kind`: "sdpa", "chunked" or "auto" (module docstring). `get_rel_pos`: segment-anything's `get_rel_pos`
+    `kind`: "sdpa", "chunked" or "auto" (module docstring; it builds the matrix only for calls that fit one
+    chunk). `get_rel_pos`: segment-anything's `get_rel_pos`
     (looked up when None; the swapped class passes the one it captured, so a compiled forward does no import
     lookups).
     """
@@ -68,14 +76,33 @@ def memory_efficient_attention(attn: nn.Module, x: Tensor, kind: str = "auto", g
         bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, rel_h).reshape(B, heads, H * W, H)
         bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, rel_w).reshape(B, heads, H * W, W)
         if kind == "auto":
-            kind = "chunked" if q.device.type == "cpu" else "sdpa"
-        if kind == "chunked":
+            kind = _auto_kind(q)
+        if kind == "dense":
+            out = _dense(q * attn.scale, k, v, bias_h, bias_w, H, W)
+        elif kind == "chunked":
             flat = [t.reshape(B * heads, H * W, -1) for t in (q * attn.scale, k, v, bias_h, bias_w)]
             out = rel_pos_attention(*flat).view(B, heads, H * W, c)
         else:
             out = _folded_sdpa(q * attn.scale, k, v, bias_h, bias_w, H, W)
     out = out.permute(0, 2, 1, 3).reshape(B, H, W, heads * c)
     return attn.proj(out)
+
+
+def _auto_kind(q: Tensor) -> str:
+    """What "auto" runs for q (B, heads, N, c): "sdpa" off CPUs; on a CPU "dense" if the logits fit one chunk."""
+    if q.device.type != "cpu":
+        return "sdpa"
+    B, heads, N, _ = q.shape
+    return "dense" if B * heads * N * N <= DENSE_MAX_ELEMENTS else "chunked"
+
+
+def _dense(q: Tensor, k: Tensor, v: Tensor, bias_h: Tensor, bias_w: Tensor, H: int, W: int) -> Tensor:
+    """softmax(q k^T + bias) v with the (N, N) logits built and kept for backward (softmax in float32 at least, as
+    the chunked kernel); q is pre-scaled. (B, heads, N, c) -> same."""
+    B, heads, N, _ = q.shape
+    logits = (q @ k.transpose(-2, -1)).view(B, heads, N, H, W) + bias_h[..., :, None] + bias_w[..., None, :]
+    probs = logits.view(B, heads, N, N).softmax(-1, dtype=torch.promote_types(q.dtype, torch.float32))
+    return probs.to(v.dtype) @ v
 
 
 def _folded_sdpa(q: Tensor, k: Tensor, v: Tensor, bias_h: Tensor, bias_w: Tensor, H: int, W: int) -> Tensor:

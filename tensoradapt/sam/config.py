@@ -224,11 +224,11 @@ class MSamConfig:
             an in-memory state dict).
         grad_checkpointing: recompute each encoder block's activations in backward instead of storing
             them (activation checkpointing; trades ~1 extra encoder forward for memory).
-        attention: the encoder's attention, "auto" (the default: "chunked" on CPUs, "sdpa" elsewhere), "sdpa"
-            (fused, relative positions folded into q / k), "chunked" (exact, blocks of query rows) or "sam"
-            (segment-anything's own forward); all but "sam" never store the N x N matrix (see
-            `tensoradapt.sam.attention`). Equal to float tolerance. On SAM 2: "auto" / "sdpa" is transformers'
-            "sdpa", "sam" its "eager" reference kernel, in the encoder and decoders.
+        attention: the encoder's attention, "auto" (the default: "chunked" on CPUs, dense for calls below one
+            chunk, "sdpa" elsewhere), "sdpa" (fused, relative positions folded into q / k), "chunked" (exact,
+            blocks of query rows) or "sam" (segment-anything's own forward); "sdpa" and "chunked" never store
+            the N x N matrix (see `tensoradapt.sam.attention`). Equal to float tolerance. On SAM 2: "auto" /
+            "sdpa" is transformers' "sdpa", "sam" its "eager" reference kernel, in the encoder and decoders.
         shared_blocks: k, the task-shared trunk: the first k encoder blocks carry no delta and run once for
             the B images; the last depth - k blocks carry the task delta and run per task on the trunk's
             output (0, the default: every block adapted, the paper's model). SAM (ViT) encoders only.

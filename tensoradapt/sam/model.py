@@ -221,9 +221,10 @@ def build_msam(
             position tables interpolated (SAM 2: S a multiple of 32; Hiera resizes its own at run time).
         init: "paper" (zero core, N(0, 1) factors) or "orthonormal"; both start at a zero delta.
         grad_checkpointing: recompute encoder-block activations in backward (vit_l / vit_h memory).
-        attention: "auto" (default: "chunked" on CPUs, "sdpa" elsewhere), "sdpa" (fused attention, relative
-            positions folded into q / k), "chunked" (exact, in blocks of query rows) or "sam" (segment-anything's
-            forward, stores N x N; for SAM 2 transformers' "eager" kernel). `tensoradapt.sam.attention`.
+        attention: "auto" (default: "chunked" on CPUs, dense below one chunk, "sdpa" elsewhere), "sdpa" (fused
+            attention, relative positions folded into q / k), "chunked" (exact, in blocks of query rows) or
+            "sam" (segment-anything's forward, stores N x N; for SAM 2 transformers' "eager" kernel).
+            `tensoradapt.sam.attention`.
         shared_blocks: k, a task-shared trunk: the first k encoder blocks get no delta and run once for the
             B images, the rest run per task (0: every block adapted, the paper's model; SAM encoders only).
 

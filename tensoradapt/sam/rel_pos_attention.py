@@ -3,12 +3,14 @@
     out_i = sum_j softmax_j(logits_i) v_j,    logits[i, j] = q_i . k_j + bias_h[i, h_j] + bias_w[i, w_j]
 
 for N = H * W tokens on an (H, W) grid (token j = h_j * W + w_j). The forward walks the queries in chunks of
-`chunk` rows, so it holds one (chunk, N) block of logits at a time, and keeps for backward only the inputs, the
-output and each row's log-sum-exp, O(N (c + H + W)). The backward recomputes each block's probabilities from
-them (the flash-attention recurrence: dS = P * (dO V^T - rowsum(dO * O))), so its extra cost is one q k^T product
-per block. The bias is added to a block in place, broadcast from (chunk, H, 1) and (chunk, 1, W): the (N, N) bias
-is never built either. It computes in float32 at least (fp16 / bf16 inputs are upcast, the output cast back), and
-it is differentiable once (a double backward raises).
+`chunk` rows, so it holds one (chunk, N) block of logits at a time, and keeps for backward only the inputs and
+the output, O(N (c + H + W)). A block holds whole rows, so its softmax is exact, and the backward recomputes it
+(the flash-attention recurrence: dS = P * (dO V^T - rowsum(dO * O))); its extra cost is one q k^T product per
+block. The probabilities come from `softmax`, never from `exp` of shifted logits: on a CPU `exp` takes a slow
+path for results that underflow (trained attention is sharp, and the kernel was ~2x slower on the tiny SAM's
+real activations than on random ones). The bias is added to a block in place, broadcast from (chunk, H, 1) and
+(chunk, 1, W): the (N, N) bias is never built either. It computes in float32 at least (fp16 / bf16 inputs are
+upcast, the output cast back), and it is differentiable once (a double backward raises).
 
 On a CPU this is faster than segment-anything's attention (which keeps softmax(logits), N x N, for backward),
 because a (chunk, N) block stays in cache: `benchmarks/bench_attention.py` measures it. `attention.py` uses it
@@ -71,25 +73,20 @@ class _RelPosAttention(torch.autograd.Function):
         acc, inputs = _accumulator(q.dtype), (q, k, v, bias_h, bias_w)
         q, k, v, bias_h, bias_w = (t.to(acc) for t in inputs)
         out = torch.empty_like(v)
-        lse = torch.empty(B, N, device=q.device, dtype=acc)
         kt = k.transpose(1, 2)
         with torch.autocast(q.device.type, enabled=False):
             for s in range(0, N, chunk):
                 e = min(N, s + chunk)
-                p = _logits(q[:, s:e], kt, bias_h[:, s:e], bias_w[:, s:e], H, W)
-                peak = p.amax(-1, keepdim=True)
-                p.sub_(peak).exp_()
-                total = p.sum(-1, keepdim=True)
-                out[:, s:e] = torch.bmm(p, v).div_(total)
-                lse[:, s:e] = (peak + total.log()).squeeze(-1)
-        ctx.save_for_backward(*inputs, out, lse)  # inputs in their own dtype, upcast again in backward
+                p = _logits(q[:, s:e], kt, bias_h[:, s:e], bias_w[:, s:e], H, W).softmax(-1)
+                out[:, s:e] = torch.bmm(p, v)
+        ctx.save_for_backward(*inputs, out)  # inputs in their own dtype, upcast again in backward
         ctx.chunk = chunk
         return out.to(inputs[2].dtype)
 
     @staticmethod
-    @once_differentiable  # the recomputed softmax treats lse as a constant: no double backward through it
+    @once_differentiable  # this hand-written backward is not itself differentiable: a double backward raises
     def backward(ctx, grad_out):
-        *saved, out, lse = ctx.saved_tensors
+        *saved, out = ctx.saved_tensors
         dtypes = [t.dtype for t in saved]
         acc = _accumulator(dtypes[0])
         q, k, v, bias_h, bias_w = (t.to(acc) for t in saved)
@@ -103,8 +100,7 @@ class _RelPosAttention(torch.autograd.Function):
         with torch.autocast(q.device.type, enabled=False):
             for s in range(0, N, ctx.chunk):
                 e = min(N, s + ctx.chunk)
-                p = _logits(q[:, s:e], kt, bias_h[:, s:e], bias_w[:, s:e], H, W)
-                p.sub_(lse[:, s:e, None]).exp_()  # the block's softmax, recomputed
+                p = _logits(q[:, s:e], kt, bias_h[:, s:e], bias_w[:, s:e], H, W).softmax(-1)  # recomputed
                 g = grad_out[:, s:e]
                 dv.baddbmm_(p.transpose(1, 2), g)
                 ds = torch.bmm(g, vt).sub_(rowdot[:, s:e, None]).mul_(p)  # d logits, (B, n, N)

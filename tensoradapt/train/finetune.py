@@ -128,9 +128,8 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
     except ValueError as e:
         raise UsageError(f"--device: {e}") from None
     main = info.is_main
-    threads = cfg.threads or (1 if info.device.type == "cpu" and cfg.model in (*PRETRAINED_MODELS, "sam2_cpu") else 0)
-    if threads:
-        torch.set_num_threads(threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     out = cfg.out_dir
     _check_resume(cfg, out, resume)
     tasks = cfg.task_specs()

@@ -105,7 +105,7 @@ class FinetuneConfig:
     project's pretrained SAM for `PRETRAINED_MODELS`, else random weights; "none": random init); `data` / `data_root`: the
     dataset (`DATASETS`; the synthetic scenes are generated on first use); `image_size`: (H, W) the samples
     are resized to (None: the model's default); `train_size` / `val_size`: use only the first N samples;
-    `threads`: torch intra-op threads (0: 1 for tiny on CPU, else torch's); `out`: output folder (None:
+    `threads`: torch intra-op threads (0: torch's default, every core); `out`: output folder (None:
     runs/sam_mtl/<decomp>-seed<seed>); `baseline`: results.json of the single-task baseline for delta-m;
     `num_figures`: validation images drawn in predictions.png.
     """
