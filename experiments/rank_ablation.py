@@ -27,8 +27,8 @@ from tensoradapt.train.cli import OneLineParser, int_tuple
 from tensoradapt.train.finetune import UsageError
 
 # flags passed to every cell as they are (the FinetuneConfig option of the same name)
-RUN_FLAGS = ("epochs", "train_size", "val_size", "batch_size", "model", "checkpoint", "data", "data_root",
-             "device", "threads", "amp", "num_workers")
+RUN_FLAGS = ("epochs", "eval_every", "train_size", "val_size", "batch_size", "model", "checkpoint", "data",
+             "data_root", "device", "threads", "amp", "num_workers")
 
 
 def shard_spec(text: str) -> tuple[int, int]:
@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", default=None, help="output folder (default runs/rank_ablation or runs/rank_ablation_quick)")
     a("--seeds", type=int_tuple, default=None, help="e.g. 0,1,2")
     a("--decomps", default=None, help="subset of tucker,cp,tt,lora,shared-lora (lora is always kept)")
+    a("--smallest-ranks", action="store_true",
+      help="each adapter at its smallest (default) rank only: the methods compared, without the rank axis")
     a("--epochs", type=int, default=None)
+    a("--eval-every", type=int, default=None, help="epochs between a cell's evaluations (the last is always one)")
     a("--train-size", type=int, default=None)
     a("--val-size", type=int, default=None)
     a("--batch-size", type=int, default=None)
@@ -64,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--amp", default=None, help="auto (bf16 on CUDA), bf16 or off")
     a("--num-workers", type=int, default=None, help="data-loading processes per cell")
     a("--shard", type=shard_spec, default=None,
-      help="I/N: run only every N-th unfinished cell, starting at the I-th (0-based), so N processes share the "
-           "sweep (e.g. --shard 0/2 and --shard 1/2 on 2 cores); then --table-only builds the table")
+      help="I/N: one of N processes sharing the sweep (e.g. --shard 0/2 and --shard 1/2 on 2 cores): it starts "
+           "with every N-th cell from the I-th (0-based), then takes the cells no process has claimed, and runs "
+           "on torch's threads / N; then --table-only builds the table")
     a("--dry-run", action="store_true", help="print the cells and exit")
     a("--table-only", action="store_true", help="only rebuild the table and the plots")
     return p
@@ -88,6 +92,9 @@ def grid_from_args(args: argparse.Namespace) -> ablation.Grid:
     if decomps:
         keep = decomps + ((ablation.BASELINE_DECOMP,) if ablation.BASELINE_DECOMP not in decomps else ())
         grid = dataclasses.replace(grid, decomps=keep)
+    if args.smallest_ranks:
+        grid = dataclasses.replace(grid, levels={d: (min(r),) for d, r in grid.levels.items()},
+                                   baseline_level=min(grid.levels[ablation.BASELINE_DECOMP]))
     return grid
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .._utils import atomic_write_json, atomic_write_text
 from ..sam import DECOMPS
+from .claims import claim
 from .finetune import FinetuneConfig, UsageError, run
 from .resume import LAST
 from .results import RESULTS
@@ -210,9 +211,10 @@ def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
              train_cell: Callable[..., Any] = run, shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Run every unfinished cell (resuming a half-trained one), then write the table and the plots.
 
-    `train_cell(cfg, resume=...)` trains one cell (default: the fine-tuning recipe's `run`). `shard=(i, n)`:
-    only the cells at positions i, i + n, i + 2n, ... of `grid.cells()`, so n processes share a sweep in
-    one `out` without running a cell twice."""
+    `train_cell(cfg, resume=...)` trains one cell (default: the fine-tuning recipe's `run`). A process claims a
+    cell before running it (`claims.claim`), so processes sharing `out` never run a cell twice. `shard=(i, n)`:
+    start with the cells at positions i, i + n, i + 2n, ... of `grid.cells()`, then take the unclaimed rest,
+    so n processes split a sweep and finish together."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "grid.json", grid.to_dict())
@@ -227,19 +229,25 @@ def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
         i, n = shard
         if not 0 <= i < n:
             raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
-        cells = cells[i::n]
+        own = cells[i::n]
+        cells = own + [c for c in cells if c not in own]  # its own share first, then whatever is left
     todo = [c for c in cells if not cell_done(out, c)]
-    log(f"[rank_ablation] {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {out}")
+    log(f"[rank_ablation] {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run (or "
+        f"taken by another process) -> {out}")
     t0, done_times = time.perf_counter(), []
-    for i, cell in enumerate(todo):
+    for cell in todo:
         cfg = grid.experiment_config(cell, out)
-        partial = (cfg.out_dir / LAST).exists()
-        t = time.perf_counter()
-        log(f"[rank_ablation] ({i + 1}/{len(todo)}) {cell.name}" + (" (resuming)" if partial else ""))
-        train_cell(cfg, resume=partial)
+        with claim(cfg.out_dir) as mine:
+            if not mine or cell_done(out, cell):  # running in another process, or finished meanwhile
+                continue
+            partial = (cfg.out_dir / LAST).exists()
+            t = time.perf_counter()
+            log(f"[rank_ablation] ({len(done_times) + 1}) {cell.name}" + (" (resuming)" if partial else ""))
+            train_cell(cfg, resume=partial)
         done_times.append(time.perf_counter() - t)
-        eta = statistics.mean(done_times) * (len(todo) - i - 1)
-        log(f"[rank_ablation]     {done_times[-1]:.0f}s; about {eta / 60:.1f} min left")
+        left = sum(not cell_done(out, c) for c in todo)
+        log(f"[rank_ablation]     {done_times[-1]:.0f}s; {left} cells unfinished, about "
+            f"{statistics.mean(done_times) * left / 60:.1f} min of cell time")
         write_outputs(grid, out)  # keep the table current while the sweep runs
     rows = write_outputs(grid, out)
     log(f"[rank_ablation] finished in {time.perf_counter() - t0:.0f}s; table: {out / TABLE_CSV}")
