@@ -1,7 +1,11 @@
 #!/usr/bin/env python
-"""Decomposition x rank x seed ablation of mSAM adapters, with delta-m against LoRA-STL.
+"""Decomposition x rank x seed ablation of mSAM adapters, with delta-m against LoRA-STL and the frozen encoder.
 
-    python experiments/rank_ablation.py              # default grid (about an hour on 2 CPU cores)
+    python experiments/rank_ablation.py              # default grid: every adapter at its default rank, LoRA-STL,
+                                                     # frozen, full; 15 epochs, 3 seeds: 21 cells, ~3 h on 2 cores
+    python experiments/rank_ablation.py --shard 0/2 & python experiments/rank_ablation.py --shard 1/2
+    python experiments/rank_ablation.py --all-ranks  # + each adapter's largest rank (39 cells)
+    python experiments/rank_ablation.py --all-ranks --epochs 5 --eval-every 1   # the 5-epoch rank sweep
     python experiments/rank_ablation.py --quick      # CI-sized grid (a couple of minutes once cached)
     python experiments/rank_ablation.py --dry-run    # list the cells
     python experiments/rank_ablation.py --table-only # rebuild table + plots from the finished cells
@@ -50,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", default=None, help="output folder (default runs/rank_ablation or runs/rank_ablation_quick)")
     a("--seeds", type=int_tuple, default=None, help="e.g. 0,1,2")
     a("--decomps", default=None, help="subset of tucker,cp,tt,lora,shared-lora (lora is always kept)")
-    a("--smallest-ranks", action="store_true",
-      help="each adapter at its smallest (default) rank only: the methods compared, without the rank axis")
+    a("--all-ranks", action="store_true",
+      help="each adapter at its largest rank too, and LoRA-STL at the rank matching Tucker (4, 32, 32) (default: "
+           "every adapter at its default rank only)")
     a("--epochs", type=int, default=None)
     a("--eval-every", type=int, default=None, help="epochs between a cell's evaluations (the last is always one)")
     a("--train-size", type=int, default=None)
@@ -88,13 +93,10 @@ def grid_options(args: argparse.Namespace) -> tuple[dict, tuple[str, ...] | None
 
 def grid_from_args(args: argparse.Namespace) -> ablation.Grid:
     kwargs, decomps = grid_options(args)
-    grid = ablation.quick_grid(**kwargs) if args.quick else ablation.default_grid(**kwargs)
+    grid = ablation.quick_grid(**kwargs) if args.quick else ablation.default_grid(all_ranks=args.all_ranks, **kwargs)
     if decomps:
         keep = decomps + ((ablation.BASELINE_DECOMP,) if ablation.BASELINE_DECOMP not in decomps else ())
         grid = dataclasses.replace(grid, decomps=keep)
-    if args.smallest_ranks:
-        grid = dataclasses.replace(grid, levels={d: (min(r),) for d, r in grid.levels.items()},
-                                   baseline_level=min(grid.levels[ablation.BASELINE_DECOMP]))
     return grid
 
 

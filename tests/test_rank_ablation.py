@@ -57,11 +57,17 @@ def small_grid(data_root: Path, seeds=(0, 1)) -> ra.Grid:
 
 
 def test_grids_are_well_formed():
-    full, quick = ra.default_grid(), ra.quick_grid()
+    default, full, quick = ra.default_grid(), ra.default_grid(all_ranks=True), ra.quick_grid()
     assert len(full.cells()) == 3 * (2 * 4 + 3 + 2)  # seeds x (4 decomps x 2 ranks + LoRA-STL x 3 + frozen, full)
+    assert len(default.cells()) == 3 * (5 + 2)  # seeds x (5 adapters at their default rank + frozen, full)
+    assert {c.name for c in default.cells()} <= {c.name for c in full.cells()}  # one folder serves both
+    assert {(c.decomp, c.ranks) for c in default.cells() if c.seed == 0} == {
+        ("lora", "8"), ("shared-lora", "8"), ("tucker", "4,8,8"), ("cp", "8"), ("tt", "8,8"),
+        ("frozen", None), ("full", None)}
+    assert default.run["epochs"] == 15 and default.run["eval_every"] == 3
     assert len(set(c.name for c in full.cells())) == len(full.cells())
     assert full.cells()[0].decomp == ra.BASELINE_DECOMP  # the baseline runs first
-    for grid in (full, quick):
+    for grid in (default, full, quick):
         for cell in grid.cells():  # every cell is a valid sam_mtl config
             cfg = grid.experiment_config(cell, Path("/tmp/x"))
             assert cfg.msam.decomp == cell.decomp and cfg.train.seed == cell.seed
