@@ -2,8 +2,8 @@
 """Train and evaluate a multi-task SAM (mSAM) with one adapter configuration on NYUv2-style data.
 
     python experiments/sam_mtl.py             # TA-LoRA (Tucker 4,8,8) on the shipped tiny SAM, synthetic
-                                              # scenes, 5 epochs: ~5 min on 2 idle CPU cores (+~15 s the
-                                              # first time, to render the scenes)
+                                              # scenes, 5 epochs: ~5 min on 2 idle CPU cores (the first
+                                              # run also renders the scenes, ~6 s)
     python experiments/sam_mtl.py --decomp lora --out runs/sam_mtl/lora          # LoRA-STL baseline
     python experiments/sam_mtl.py --decomp tucker --baseline runs/sam_mtl/lora/results.json   # + delta-m
     python experiments/sam_mtl.py --model vit_b --checkpoint sam_vit_b_01ec64.pth \\
