@@ -5,7 +5,7 @@
                                                      # frozen, full; 15 epochs, 3 seeds: 21 cells, ~3 h on 2 cores
     python experiments/rank_ablation.py --shard 0/2 & python experiments/rank_ablation.py --shard 1/2
     python experiments/rank_ablation.py --all-ranks  # + each adapter's largest rank (39 cells)
-    python experiments/rank_ablation.py --all-ranks --epochs 5 --eval-every 1   # the 5-epoch rank sweep
+    python experiments/rank_ablation.py --all-ranks --epochs 5 --eval-every 1 --out runs/rank_ablation_5ep
     python experiments/rank_ablation.py --quick      # CI-sized grid (a couple of minutes once cached)
     python experiments/rank_ablation.py --dry-run    # list the cells
     python experiments/rank_ablation.py --table-only # rebuild table + plots from the finished cells
@@ -92,6 +92,8 @@ def grid_options(args: argparse.Namespace) -> tuple[dict, tuple[str, ...] | None
 
 
 def grid_from_args(args: argparse.Namespace) -> ablation.Grid:
+    if args.quick and args.all_ranks:
+        raise ValueError("--all-ranks and --quick: the quick grid has one rank per adapter")
     kwargs, decomps = grid_options(args)
     grid = ablation.quick_grid(**kwargs) if args.quick else ablation.default_grid(all_ranks=args.all_ranks, **kwargs)
     if decomps:

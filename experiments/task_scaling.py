@@ -33,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shared-blocks", type=int_tuple, default=(0, 2), help="trunk depths k (must include 0)")
 
     def grid(args) -> ablation.Grid:
+        if args.all_ranks:
+            raise ValueError("--all-ranks is rank_ablation.py's: this sweep runs each method at its small rank")
         kwargs, decomps = rank_ablation.grid_options(args)
         if decomps:
             kwargs["decomps"] = decomps

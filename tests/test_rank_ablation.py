@@ -134,6 +134,8 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     assert err.count("\n") == 0 and "svd" in err
     assert cli.main(["--quick", "--epochs", "0", "--out", str(tmp_path)]) == 2
     assert "--epochs" in capsys.readouterr().err
+    assert cli.main(["--quick", "--all-ranks", "--out", str(tmp_path)]) == 2
+    assert "--all-ranks" in capsys.readouterr().err
 
 
 def test_per_seed_sweeps_share_one_table_and_stale_cells_are_refused(tmp_path, mini_data):
@@ -209,6 +211,8 @@ def test_task_scaling_cli_lists_its_cells(tmp_path, capsys):
     assert "tucker_r4-4-4_T3_k2_s0" in listed and "frozen_rnone_T1_s0" in listed
     assert ts.main(["--quick", "--task-counts", "9", "--out", str(tmp_path)]) == 2
     assert "task_counts" in capsys.readouterr().err
+    assert ts.main(["--all-ranks", "--dry-run", "--out", str(tmp_path)]) == 2
+    assert "--all-ranks" in capsys.readouterr().err
 
 
 def test_shards_divide_the_cores_unless_threads_are_given(monkeypatch):

@@ -105,7 +105,7 @@ def test_official_size_at_a_small_input_matches(kind):
     assert torch.allclose(ref, out, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ("sdpa", "chunked"))
+@pytest.mark.parametrize("kind", ("sdpa", "chunked", "auto"))
 def test_autocast_bf16_runs_and_stays_close(kind):
     torch.manual_seed(0)
     model = build_msam("tiny", TASKS, decomp="tucker", dropout=0.0)

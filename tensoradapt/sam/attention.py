@@ -18,9 +18,10 @@ bias_w (N, W), O(N (H + W)) per head, and never build the (N, N) bias or probabi
 - "chunked": `rel_pos_attention`, exact logits in blocks of query rows with a flash-style recomputing backward.
   Faster than segment-anything's own attention on a CPU.
 - "auto" (the default): "sdpa" for non-CPU tensors; on a CPU, "chunked" when a call's logits over all its
-  (batch x heads) would fill more than one chunk (`DENSE_MAX_ELEMENTS`), else the plain dense formula, which
-  then costs no more memory than the kernel's single block and skips its recomputation (the tiny SAM's global
-  blocks: 0.73x the kernel's time). Decided per call from the device type and shapes, no host sync.
+  (batch x heads) would fill more than one chunk (`DENSE_MAX_ELEMENTS`), else the plain dense formula (float32
+  at least, like the kernel), which keeps that one chunk's worth of probabilities per call for backward and
+  skips the kernel's recomputation (the tiny SAM's global blocks: 0.73x the kernel's time). Decided per call
+  from the device type and shapes, no host sync.
 
 `set_attention(encoder, kind)` swaps the class of every block's `attn` for a subclass whose forward does this;
 parameters, state-dict keys and the wrapped (possibly adapted) `qkv` / `proj` are untouched, and
@@ -97,12 +98,15 @@ def _auto_kind(q: Tensor) -> str:
 
 
 def _dense(q: Tensor, k: Tensor, v: Tensor, bias_h: Tensor, bias_w: Tensor, H: int, W: int) -> Tensor:
-    """softmax(q k^T + bias) v with the (N, N) logits built and kept for backward (softmax in float32 at least, as
-    the chunked kernel); q is pre-scaled. (B, heads, N, c) -> same."""
+    """softmax(q k^T + bias) v with the (N, N) probabilities built and kept for backward; computed in float32 at
+    least, outside autocast, as the chunked kernel is (so "auto" gives the same precision at every size); q is
+    pre-scaled. (B, heads, N, c) -> same, in v's dtype."""
     B, heads, N, _ = q.shape
-    logits = (q @ k.transpose(-2, -1)).view(B, heads, N, H, W) + bias_h[..., :, None] + bias_w[..., None, :]
-    probs = logits.view(B, heads, N, N).softmax(-1, dtype=torch.promote_types(q.dtype, torch.float32))
-    return probs.to(v.dtype) @ v
+    acc = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v32, bias_h, bias_w = (t.to(acc) for t in (q, k, v, bias_h, bias_w))
+        logits = (q @ k.transpose(-2, -1)).view(B, heads, N, H, W) + bias_h[..., :, None] + bias_w[..., None, :]
+        return (logits.view(B, heads, N, N).softmax(-1) @ v32).to(v.dtype)
 
 
 def _folded_sdpa(q: Tensor, k: Tensor, v: Tensor, bias_h: Tensor, bias_w: Tensor, H: int, W: int) -> Tensor:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .._utils import atomic_write_json, atomic_write_text
 from ..sam import DECOMPS
-from .claims import claim
+from .claims import claim, holder
 from .finetune import FinetuneConfig, UsageError, run
 from .resume import LAST
 from .results import RESULTS
@@ -246,7 +246,10 @@ def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
     for cell in todo:
         cfg = grid.experiment_config(cell, out)
         with claim(cfg.out_dir) as mine:
-            if not mine or cell_done(out, cell):  # running in another process, or finished meanwhile
+            if not mine:
+                log(f"[rank_ablation] {cell.name}: running in another process ({holder(cfg.out_dir)}), skipped")
+                continue
+            if cell_done(out, cell):  # finished by another process meanwhile
                 continue
             partial = (cfg.out_dir / LAST).exists()
             t = time.perf_counter()
@@ -258,7 +261,9 @@ def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
             f"{statistics.mean(done_times) * left / 60:.1f} min of cell time")
         write_outputs(grid, out)  # keep the table current while the sweep runs
     rows = write_outputs(grid, out)
-    log(f"[rank_ablation] finished in {time.perf_counter() - t0:.0f}s; table: {out / TABLE_CSV}")
+    unfinished = [c.name for c in todo if not cell_done(out, c)]
+    log(f"[rank_ablation] finished in {time.perf_counter() - t0:.0f}s; table: {out / TABLE_CSV}" + (
+        f"; still running elsewhere, rerun --table-only when they finish: {', '.join(unfinished)}" if unfinished else ""))
     return rows
 
 

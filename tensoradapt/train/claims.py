@@ -1,13 +1,14 @@
-"""Claim files: processes sharing one sweep folder run each cell once, and a process that finishes its own share
-takes the cells nobody has started (so N shards end together instead of waiting on the unluckiest one).
+"""Claims: processes sharing one sweep folder run each cell once, and a process that finishes its own share
+takes the cells nobody is running (so N shards end together instead of waiting on the unluckiest one).
 
     with claim(cell_dir) as mine:
         if mine:
             train(...)
 
-A claim is `<cell_dir>/.claim`, created atomically (O_EXCL) and holding "<pid> <host>". It is removed when the
-block ends, also on an exception. A claim whose process is gone (same host, pid not alive: a killed run) is
-taken over; one from another host is respected until it is deleted by hand.
+A claim is an exclusive, non-blocking `flock` on `<cell_dir>/.claim`, held for the block. The kernel drops it
+when its process exits, however it exits, so a killed run never leaves a cell claimed; the file itself stays
+and names the last holder ("<pid> <host>", `holder`). Advisory locks need a filesystem that supports them
+(local disks do; some network filesystems do not); without `fcntl` (not POSIX) every claim succeeds.
 """
 from __future__ import annotations
 
@@ -17,61 +18,41 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["claim", "CLAIM"]
+__all__ = ["claim", "holder", "CLAIM"]
 
 CLAIM = ".claim"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
-def _take(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()} {socket.gethostname()}\n")
-    return True
-
-
-def _stale(path: Path) -> bool:
-    """True if the claim's process is gone (on this host); a half-written or unreadable claim is not stale."""
-    try:
-        pid, host = path.read_text().split()
-        return host == socket.gethostname() and not _alive(int(pid))
-    except (OSError, ValueError):
-        return False
-
-
 @contextlib.contextmanager
-def claim(cell_dir: str | Path) -> Iterator[bool]:
-    """Yield True if this process now holds `cell_dir`'s claim (released on exit), False if another live
-    process holds it."""
+def claim(cell_dir: str | os.PathLike) -> Iterator[bool]:
+    """Yield True if this process now holds `cell_dir`'s claim (released on exit), False if another open claim
+    (another process, or another `claim` of this one) holds it."""
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
-    path = cell_dir / CLAIM
-    mine = _take(path)
-    if not mine and _stale(path):
-        lock = cell_dir / (CLAIM + ".takeover")  # one process at a time re-checks and replaces a stale claim
-        if _take(lock):
-            try:
-                if _stale(path):
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-                mine = _take(path)
-            finally:
-                lock.unlink()
     try:
-        yield mine
-    finally:
-        if mine:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield True
+        return
+    with open(cell_dir / CLAIM, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+            fh.flush()
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def holder(cell_dir: str | os.PathLike) -> str:
+    """"<pid> <host>" of the claim's last holder ("" if never claimed)."""
+    try:
+        return (Path(cell_dir) / CLAIM).read_text().strip()
+    except OSError:
+        return ""

@@ -5,6 +5,7 @@ matplotlib is imported lazily (the `plot` extra) with the non-interactive Agg ba
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -128,9 +129,18 @@ def _save(fig, path: str | Path, title: str | None, dpi: int) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    _write(fig, path, dpi)
     _plt().close(fig)
     return path
+
+
+def _write(fig, path: str | Path, dpi: int) -> None:
+    """savefig to a file of this process, then rename it over `path`: a reader (or a sweep's other shard writing
+    the same plot) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")  # same suffix: savefig picks the format
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------ rank sweep
@@ -141,7 +151,7 @@ def _finish(fig, path: str | Path | None):
     """Lay out; write and close when `path` is given, else return the open figure (a notebook shows it)."""
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=110)
+        _write(fig, path, 110)
         _plt().close(fig)
     return fig
 
