@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "file_lock"]
 
@@ -71,18 +71,24 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (so that concurrent processes, e.g. DDP ranks, build once)."""
+def file_lock(path: str | os.PathLike, blocking: bool = True) -> Iterator[IO[str] | None]:
+    """An exclusive advisory lock on `path` (so that concurrent processes, e.g. DDP ranks, build once), dropped
+    on exit and by the kernel when the process dies. Yields the open lock file; with `blocking=False`, None
+    at once if another open lock holds it. Without `fcntl` (not POSIX) it always yields the file, unlocked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - non-POSIX
-            yield
+            yield fh
             return
-        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield None
+            return
+        try:
+            yield fh
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -5,10 +5,11 @@ takes the cells nobody is running (so N shards end together instead of waiting o
         if mine:
             train(...)
 
-A claim is an exclusive, non-blocking `flock` on `<cell_dir>/.claim`, held for the block. The kernel drops it
-when its process exits, however it exits, so a killed run never leaves a cell claimed; the file itself stays
-and names the last holder ("<pid> <host>", `holder`). Advisory locks need a filesystem that supports them
-(local disks do; some network filesystems do not); without `fcntl` (not POSIX) every claim succeeds.
+A claim is a non-blocking `file_lock` on `<cell_dir>/.claim` (an exclusive `flock`), held for the block. The
+kernel drops it when its process exits, however it exits, so a killed run never leaves a cell claimed; the file
+itself stays and names the last holder ("<pid> <host>", `holder`). Advisory locks need a filesystem that
+supports them (local disks do; some network filesystems do not); without `fcntl` (not POSIX) every claim
+succeeds.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import os
 import socket
 from pathlib import Path
 from typing import Iterator
+
+from .._utils import file_lock
 
 __all__ = ["claim", "holder", "CLAIM"]
 
@@ -27,27 +30,13 @@ CLAIM = ".claim"
 def claim(cell_dir: str | os.PathLike) -> Iterator[bool]:
     """Yield True if this process now holds `cell_dir`'s claim (released on exit), False if another open claim
     (another process, or another `claim` of this one) holds it."""
-    cell_dir = Path(cell_dir)
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield True
-        return
-    with open(cell_dir / CLAIM, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
+    with file_lock(Path(cell_dir) / CLAIM, blocking=False) as fh:
+        if fh is not None:
             fh.seek(0)
             fh.truncate()
             fh.write(f"{os.getpid()} {socket.gethostname()}\n")
             fh.flush()
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield fh is not None
 
 
 def holder(cell_dir: str | os.PathLike) -> str:
