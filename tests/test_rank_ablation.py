@@ -125,6 +125,28 @@ def test_sweep_writes_table_and_plots_then_skips_and_resumes(tmp_path, mini_data
     assert calls == [(str(cell), True)]
 
 
+def test_delta_m_plot_labels_its_reference_lines_inside_the_axes():
+    """The frozen / full lines carry their names at the left edge, on a log x axis too (the labels were
+    once placed at a data x computed before the log scale and fell outside the figure)."""
+    from tensoradapt.train.plots import plot_delta_m_vs_params
+
+    rows = [dict(decomp=d, ranks=r, level=lv, seed=s, trainable_params=p, delta_m=dm + 0.1 * s)
+            for s in (0, 1) for d, r, lv, p, dm in [("lora", "8", 8, 500_000, 0.0), ("tucker", "4,8,8", 8, 480_000, 1.0),
+                                                      ("frozen", "", None, 470_000, -2.0), ("full", "", None, 1_300_000, 6.0)]]
+    fig = plot_delta_m_vs_params(rows)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    box = ax.get_window_extent()
+    for name, y in (("frozen", -1.95), ("full", 6.05)):
+        label = next(t for t in ax.texts if t.get_text() == name)
+        x_px, y_px = label.get_window_extent().x0, label.get_window_extent().y0
+        assert box.x0 <= x_px <= box.x0 + 0.2 * box.width, name
+        line_px = ax.transData.transform((1, y))[1]
+        assert abs(y_px - line_px) < 10, name  # on its line, not somewhere else
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
 def test_cli_dry_run_and_errors(tmp_path, capsys):
     assert cli.main(["--quick", "--dry-run", "--out", str(tmp_path)]) == 0
     listed = capsys.readouterr().out.splitlines()

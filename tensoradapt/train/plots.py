@@ -180,8 +180,9 @@ def plot_delta_m_vs_params(rows: Sequence[Mapping[str, Any]], path: str | Path |
     for r in summary:
         if not r["ranks"] and "delta_m" in r:
             ax.axhline(r["delta_m"], ls="--", lw=1, color="gray")
-            ax.annotate(r["decomp"], (ax.get_xlim()[0], r["delta_m"]), fontsize=7, color="gray",
-                        xytext=(2, 2), textcoords="offset points")
+            # x in axes coordinates, y in data: the label stays at the left edge whatever the x scale
+            ax.annotate(r["decomp"], (0, r["delta_m"]), xycoords=ax.get_yaxis_transform(), fontsize=7,
+                        color="gray", xytext=(3, 2), textcoords="offset points")
     ax.axhline(0, lw=0.8, color="black")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(EngFormatter())
