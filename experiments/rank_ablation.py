@@ -6,6 +6,7 @@
     python experiments/rank_ablation.py --shard 0/2 & python experiments/rank_ablation.py --shard 1/2
     python experiments/rank_ablation.py --all-ranks  # + each adapter's largest rank (39 cells)
     python experiments/rank_ablation.py --all-ranks --epochs 5 --eval-every 1 --out runs/rank_ablation_5ep
+    python experiments/rank_ablation.py --targets qkv,proj,mlp --out runs/targets  # deltas in every linear
     python experiments/rank_ablation.py --quick      # CI-sized grid (a couple of minutes once cached)
     python experiments/rank_ablation.py --dry-run    # list the cells
     python experiments/rank_ablation.py --table-only # rebuild table + plots from the finished cells
@@ -32,7 +33,7 @@ from tensoradapt.train.finetune import UsageError
 
 # flags passed to every cell as they are (the FinetuneConfig option of the same name)
 RUN_FLAGS = ("epochs", "eval_every", "train_size", "val_size", "batch_size", "model", "checkpoint", "data",
-             "data_root", "device", "threads", "amp", "num_workers")
+             "data_root", "device", "threads", "amp", "num_workers", "targets")
 
 
 def shard_spec(text: str) -> tuple[int, int]:
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--all-ranks", action="store_true",
       help="each adapter at its largest rank too, and LoRA-STL at the rank matching Tucker (4, 32, 32) (default: "
            "every adapter at its default rank only)")
+    a("--targets", default=None, help="the linears of each encoder block the adapters' deltas go into (sam_mtl.py "
+      "--targets; default qkv, the paper's); the frozen / full cells ignore it")
     a("--epochs", type=int, default=None)
     a("--eval-every", type=int, default=None, help="epochs between a cell's evaluations (the last is always one)")
     a("--train-size", type=int, default=None)

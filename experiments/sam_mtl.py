@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grad-accum", type=int, default=t.grad_accum)
     a("--max-grad-norm", type=float, default=t.max_grad_norm, help="0 disables clipping")
     a("--seed", type=int, default=t.seed)
-    a("--qkv", default=m.qkv, help="which of q, k, v get a delta")
+    a("--qkv", default=m.qkv, help="which of q, k, v get a delta (in the qkv target)")
+    a("--targets", default=",".join(m.targets), help="the linears of each encoder block that get a delta: any of "
+      "qkv (the paper's, default), proj (attention output), mlp (both MLP linears), e.g. qkv,proj,mlp")
     a("--scale", type=float, default=m.scale)
     a("--dropout", type=float, default=m.dropout)
     a("--init", default=m.init, help="delta init: paper (zero core, N(0,1) factors) or orthonormal (both start at 0)")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tensoradapt import merge_adapters, task_deltas, task_scope, unmerge_adapters
+from tensoradapt import merge_adapters, task_deltas, task_linears, task_scope, unmerge_adapters
 from tensoradapt.deltas import DECOMPS as DELTA_DECOMPS
 from tensoradapt.sam import (
-    DECOMPS, NO_DELTA, PAPER_RANKS, SMALL_RANKS, TASK_AGNOSTIC, MSamConfig, build_msam, default_ranks,
+    DECOMPS, ENCODER_TARGETS, NO_DELTA, PAPER_RANKS, SMALL_RANKS, TASK_AGNOSTIC, MSamConfig, build_msam, default_ranks,
     get_sam_config, parameter_breakdown,
 )
 
@@ -234,6 +234,54 @@ def test_qkv_subsets_adapt_exactly_those_rows(qkv):
         assert (rows > 0).all() if part in qkv else (rows == 0).all(), part
 
 
+BLOCK_LINEARS = {"qkv": ("attn.qkv",), "proj": ("attn.proj",), "mlp": ("mlp.lin1", "mlp.lin2")}
+
+
+@pytest.mark.parametrize("decomp", ["tucker", "lora"])
+@pytest.mark.parametrize("targets,shared", [(("mlp",), 0), (("qkv", "proj", "mlp"), 0), (("proj", "qkv"), 1)])
+def test_targets_adapt_exactly_those_linears_and_each_is_live(ckpt, decomp, targets, shared):
+    """Each named linear of each adapted block gets a delta, nothing else does, and every one of them changes
+    the encoder's output per task when its delta alone is non-zero (no delta built but bypassed)."""
+    torch.manual_seed(3)
+    model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp=decomp, targets=targets, shared_blocks=shared,
+                       qkv="qv", dropout=0.0).eval()
+    assert model.msam_config.targets == tuple(t for t in ENCODER_TARGETS if t in targets)
+    expected = {f"image_encoder.blocks.{i}.{n}" for i in range(shared, model.config.encoder_depth)
+                for t in targets for n in BLOCK_LINEARS[t]}
+    layers = dict(task_linears(model))
+    assert set(layers) == expected
+    dim = model.config.encoder_embed_dim
+    for name, layer in layers.items():  # the qkv rows option applies to the fused qkv only
+        assert layer.delta.d_out == (2 * dim if name.endswith("qkv") else layer.base.out_features), name
+    x = torch.rand(2, 3, 64, 64)
+    for name, layer in layers.items():
+        with torch.no_grad():
+            for p in layer.delta.parameters():
+                p.normal_(0.0, 0.3)
+            diff = (model.encode(x, "a") - model.encode(x, "b")).abs().max()
+            for p in layer.delta.parameters():
+                p.zero_()
+        assert diff > 1e-3, name
+
+
+@pytest.mark.parametrize("decomp", ["tucker", "lora", "cp"])
+def test_every_target_routes_each_sample_to_its_task(ckpt, decomp):
+    """The mixed T*B batch with deltas in qkv, proj and both MLP linears (inside and outside the attention
+    windows) equals, task by task, the encoder with that task's deltas folded into its weights."""
+    torch.manual_seed(4)
+    model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp=decomp, targets=ENCODER_TARGETS).eval()
+    randomise_deltas(model, std=0.2)
+    x = torch.rand(3, 3, 96, 128)
+    with torch.no_grad():
+        mixed = model._encode(model.preprocess(x)[0], [0, 1, 2])
+        for k, name in enumerate(SMALL):
+            merge_adapters(model, k)
+            folded = model.encode(x, name)
+            unmerge_adapters(model)
+            torch.testing.assert_close(mixed[k * 3:(k + 1) * 3], folded, atol=1e-4, rtol=1e-4)
+        assert (mixed[:3] - mixed[3:6]).abs().max() > 1e-2
+
+
 def test_bf16_autocast_cpu(ckpt):
     torch.manual_seed(6)
     model = build_msam("tiny", TASKS, checkpoint=ckpt).train()
@@ -267,6 +315,11 @@ def test_bf16_autocast_cpu(ckpt):
         ({"decomp": "lora", "ranks": 999}, ValueError, "ranks"),
         ({"qkv": "qq"}, ValueError, "qkv"),
         ({"qkv": ""}, ValueError, "qkv"),
+        ({"targets": "qkv,ffn"}, ValueError, "targets"),
+        ({"targets": ()}, ValueError, "targets"),
+        ({"targets": ("mlp", "mlp")}, ValueError, "targets"),
+        ({"targets": 3}, ValueError, "targets"),
+        ({"decomp": "frozen", "targets": "mlp"}, ValueError, "targets does not apply"),
         ({"dropout": 1.0}, ValueError, "dropout"),
         ({"init": "xavier"}, ValueError, "init"),
         ({"image_size": 100}, ValueError, "image_size"),

@@ -154,6 +154,27 @@ def test_mixed_task_batch_equals_per_task(folder, decomp):
         assert (model.encode(x, "a")[2] - model.encode(x, "c")[2]).abs().max() > 1e-2  # the deltas are live
 
 
+def test_every_target_in_hiera_routes_each_sample_to_its_task(folder):
+    """Deltas in qkv, proj and the MLP of every Hiera block (through query pooling and the stage changes):
+    the mixed T*B batch equals, task by task, the encoder with that task's deltas folded in."""
+    torch.manual_seed(4)
+    model = build_msam(CPU, SMALL, checkpoint=folder, targets=("qkv", "proj", "mlp")).eval()
+    depth = model.config.depth
+    assert {n for n, _ in task_linears(model)} == {
+        f"image_encoder.backbone.blocks.{i}.{n}" for i in range(depth)
+        for n in ("attn.qkv", "attn.proj", "mlp.proj_in", "mlp.proj_out")}
+    randomise_deltas(model, std=0.2)
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        levels = model._encode(model.preprocess(x)[0], [0, 1, 2])
+        for k, name in enumerate(SMALL):
+            merge_adapters(model, k)
+            folded = model.encode(x, name)
+            unmerge_adapters(model)
+            for level, alone in zip(levels, folded):
+                torch.testing.assert_close(level[k * 2:(k + 1) * 2], alone, atol=1e-4, rtol=1e-4)
+
+
 def test_qkv_rows_follow_the_windows_of_each_stage():
     """Which row counts each block's qkv sees: B' * (windows per image), k changing with the stage."""
     model = build_msam(CPU, SMALL).eval()

@@ -71,6 +71,16 @@ def test_round_trip_of_a_trained_tucker_model(ckpt, tmp_path):
     _assert_same_model(model, load_msam(tmp_path / "run"))
 
 
+def test_round_trip_with_deltas_in_every_linear(ckpt, tmp_path):
+    model = _trained(ckpt, "tucker", targets="qkv,proj,mlp")
+    save_msam(model, tmp_path / "run")
+    saved = load_file(str(tmp_path / "run" / MSAM_WEIGHTS))
+    assert any(".mlp.lin2.delta." in k for k in saved) and any(".attn.proj.delta." in k for k in saved)
+    loaded = load_msam(tmp_path / "run")
+    assert loaded.msam_config.targets == ("qkv", "proj", "mlp")
+    _assert_same_model(model, loaded)
+
+
 def test_include_frozen_needs_no_base_checkpoint(tmp_path):
     torch.manual_seed(8)
     model = build_msam("tiny", SMALL, decomp="lora", qkv="qv")

@@ -73,6 +73,10 @@ def test_grids_are_well_formed():
             assert cfg.msam.decomp == cell.decomp and cfg.train.seed == cell.seed
             assert cfg.out_dir == Path("/tmp/x") / "cells" / cell.name
     assert len(quick.cells()) <= 4
+    targeted = ra.default_grid(targets="mlp,qkv")  # the adapters' deltas in more linears; the references as ever
+    for cell in targeted.cells():
+        cfg = targeted.experiment_config(cell, Path("/tmp/x"))
+        assert cfg.msam.targets == (("qkv",) if cell.decomp in ra.REFERENCES else ("qkv", "mlp")), cell.name
     with pytest.raises(ValueError, match="lora"):
         ra.Grid(decomps=("tucker",))
     with pytest.raises(ValueError, match="baseline_level"):

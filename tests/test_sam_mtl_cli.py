@@ -124,6 +124,10 @@ def test_resume_differences_ignore_tolerant_fields_only():
     changed = cfg.updated(ranks=3, lr=0.5, image_size=(48, 64))
     assert changed.resume_differences(stored) == {
         "ranks": (2, 3), "lr": (FinetuneConfig().train.lr, 0.5), "image_size": (None, [48, 64])}
+    # a record from before a model option existed had that option's default (here: deltas in qkv only)
+    del stored["msam"]["targets"]
+    assert later.resume_differences(stored) == {}
+    assert cfg.updated(targets="mlp,qkv").resume_differences(stored) == {"targets": (["qkv"], ["qkv", "mlp"])}
 
 
 # ---------------------------------------------------------------------------- runs with the real tiny mSAM

@@ -14,7 +14,7 @@ torchvision; transformers only when a SAM 2 model is built.
 """
 from . import decomps as _decomps
 from .config import (
-    MODEL_TYPES, SAM_CONFIGS, MSamConfig, SamConfig, build_sam, get_model_config, get_sam_config,
+    ENCODER_TARGETS, MODEL_TYPES, SAM_CONFIGS, MSamConfig, SamConfig, build_sam, get_model_config, get_sam_config,
 )
 from .decomps import NO_DELTA, default_ranks, is_task_agnostic, msam_decomps
 from .model import MultiTaskSAM, build_msam, msam_from_config
@@ -26,7 +26,7 @@ from .serialization import load_msam, save_msam
 from .weights import SamCheckpointError, fit_sam_state_dict, read_sam_checkpoint
 
 __all__ = [
-    "build_msam", "MultiTaskSAM", "MSamConfig", "save_msam", "load_msam", "parameter_breakdown",
+    "build_msam", "MultiTaskSAM", "MSamConfig", "ENCODER_TARGETS", "save_msam", "load_msam", "parameter_breakdown",
     "default_ranks", "DECOMPS", "NO_DELTA", "TASK_AGNOSTIC", "PAPER_RANKS", "SMALL_RANKS", "SamCheckpointError",
     "read_sam_checkpoint", "fit_sam_state_dict", "SamConfig", "SAM_CONFIGS", "MODEL_TYPES", "get_sam_config",
     "msam_decomps", "is_task_agnostic", "MSAM_PARAM_GROUPS", "msam_param_groups",

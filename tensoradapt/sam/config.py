@@ -26,7 +26,12 @@ from .sam2_config import SAM2_CONFIGS, Sam2HieraConfig, get_sam2_config
 
 __all__ = [
     "SamConfig", "SAM_CONFIGS", "MODEL_TYPES", "get_sam_config", "get_model_config", "build_sam", "MSamConfig",
+    "ENCODER_TARGETS", "parse_targets",
 ]
+
+#: the encoder-block linears a task delta can adapt: "qkv" (the fused attention input projection, the
+#: paper's and the default), "proj" (the attention output projection), "mlp" (both MLP linears)
+ENCODER_TARGETS: tuple[str, ...] = ("qkv", "proj", "mlp")
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,9 @@ class MSamConfig:
         tasks: ordered task name -> output channels C_t.
         decomp: one of `DECOMPS`.
         ranks: the delta's ranks, resolved (None for the `NO_DELTA` baselines).
-        qkv: which of q, k, v the deltas adapt (non-empty subset of "qkv").
+        qkv: which of q, k, v the deltas adapt (non-empty subset of "qkv"), in the "qkv" target.
+        targets: which linears of every adapted block carry a delta (non-empty subset of `ENCODER_TARGETS`,
+            kept in that order; default ("qkv",), the paper's). Must be the default for the `NO_DELTA` baselines.
         scale, dropout, init: passed to `tensoradapt.adapt`.
         train_norms: train the encoder's LayerNorms (ignored by "full", which trains everything, and
             "frozen", which trains none).
@@ -239,6 +246,7 @@ class MSamConfig:
     decomp: str = "tucker"
     ranks: int | tuple[int, ...] | None = None
     qkv: str = "qkv"
+    targets: tuple[str, ...] = ("qkv",)
     scale: float = 0.5
     dropout: float = 0.1
     train_norms: bool = True
@@ -268,6 +276,10 @@ class MSamConfig:
         if not isinstance(self.qkv, str):
             raise TypeError(f"qkv must be a string like 'qkv' or 'qv', got {self.qkv!r}")
         qkv_rows(3, self.qkv)  # raises ValueError naming qkv
+        self.targets = parse_targets(self.targets)
+        if self.decomp in NO_DELTA and self.targets != ("qkv",):
+            raise ValueError(f"targets does not apply to decomp={self.decomp!r} (it has no task delta); leave it "
+                             f"at the default ('qkv',), got {self.targets!r}")
         if not _is_number(self.scale) or not math.isfinite(self.scale):
             raise ValueError(f"scale must be a finite number, got {self.scale!r}")
         self.scale = float(self.scale)
@@ -323,6 +335,19 @@ class MSamConfig:
     @classmethod
     def from_json(cls, text: str) -> "MSamConfig":
         return cls.from_dict(json.loads(text))
+
+
+def parse_targets(targets: str | Any) -> tuple[str, ...]:
+    """"qkv,mlp" or a sequence of names -> a tuple in `ENCODER_TARGETS` order; raises ValueError naming targets."""
+    names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else targets
+    try:
+        names = list(names)
+    except TypeError:
+        raise ValueError(f"targets must be a non-empty subset of {ENCODER_TARGETS}, got {targets!r}") from None
+    bad = [t for t in names if t not in ENCODER_TARGETS]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"targets must be a non-empty subset of {ENCODER_TARGETS} without repeats, got {targets!r}")
+    return tuple(t for t in ENCODER_TARGETS if t in names)
 
 
 def _is_number(value: Any) -> bool:

@@ -55,10 +55,12 @@ class MultiTaskSAM(MultiTaskSAMBase):
 
     Build it with `build_msam`; `MultiTaskSAM(msam_config, checkpoint)` does the same from a config.
 
-    Modules: `image_encoder` (segment_anything's ImageEncoderViT; its blocks' `attn.qkv` become
-    `TaskLinear`s), `pe_layer` (PositionEmbeddingRandom), `decoders` (name -> MaskDecoder),
+    Modules: `image_encoder` (segment_anything's ImageEncoderViT; its blocks' `attn.qkv`, and with
+    `targets` also `attn.proj` / `mlp.lin1` / `mlp.lin2`, become `TaskLinear`s), `pe_layer` (PositionEmbeddingRandom), `decoders` (name -> MaskDecoder),
     `no_mask_embeds` (name -> Parameter (C_t, D)). The forward is `MultiTaskSAMBase.forward`.
     """
+
+    TARGET_LINEARS = {"qkv": ("attn.qkv",), "proj": ("attn.proj",), "mlp": ("mlp.lin1", "mlp.lin2")}
 
     def __init__(self, msam_config: MSamConfig, checkpoint: SamWeightsSource | None = None) -> None:
         super().__init__(msam_config, SamConfig)
@@ -73,7 +75,7 @@ class MultiTaskSAM(MultiTaskSAMBase):
         if checkpoint is not None:
             self.load_sam_checkpoint(checkpoint)
         set_attention(self.image_encoder, msam_config.attention)
-        self._adapt_encoder([f"blocks.{i}.attn.qkv" for i in range(msam_config.shared_blocks, cfg.encoder_depth)])
+        self._adapt_encoder([f"blocks.{i}" for i in range(msam_config.shared_blocks, cfg.encoder_depth)])
         self.reset_trainable()
 
     # ----------------------------------------------------------------------------- weights
@@ -187,6 +189,7 @@ def build_msam(
     decomp: str = "tucker",
     ranks: int | str | Sequence[int] | None = None,
     qkv: str = "qkv",
+    targets: str | Sequence[str] = ("qkv",),
     scale: float = 0.5,
     dropout: float = 0.1,
     train_norms: bool = True,
@@ -215,6 +218,9 @@ def build_msam(
             for the tiny config (tucker (4, 8, 8), cp 8, tt (4, 8), lora / shared-lora 8). Never clipped:
             an invalid rank raises, naming it. Must be None for full / frozen / none.
         qkv: which of the fused q, k, v rows the deltas adapt (any non-empty subset, e.g. "qv").
+        targets: which linears of each adapted block get a delta: any of "qkv" (the fused attention input, the
+            paper's, the default), "proj" (attention output), "mlp" (both MLP linears), e.g. ("qkv", "mlp") or
+            "qkv,proj,mlp" (`ENCODER_TARGETS`).
         scale: delta multiplier (the paper: 0.5). dropout: on the delta's input.
         train_norms: also train the encoder's LayerNorms (the paper does).
         image_size: encoder input side S (default the config's); a checkpoint of another size has its
@@ -237,7 +243,7 @@ def build_msam(
         source = str(Path(checkpoint).expanduser().resolve())
     config = MSamConfig(
         sam=sam, tasks=dict(tasks) if isinstance(tasks, Mapping) else tasks, decomp=decomp, ranks=ranks,
-        qkv=qkv, scale=scale, dropout=dropout, train_norms=train_norms, init=init, checkpoint=source,
+        qkv=qkv, targets=targets, scale=scale, dropout=dropout, train_norms=train_norms, init=init, checkpoint=source,
         grad_checkpointing=grad_checkpointing, attention=attention, shared_blocks=shared_blocks,
     )
     return msam_from_config(config, checkpoint)

@@ -101,14 +101,23 @@ class MultiTaskSAMBase(nn.Module):
             if dec is not first:
                 dec.load_state_dict(first.state_dict())
 
-    def _adapt_encoder(self, targets: list[str]) -> None:
-        """Put the config's task delta into the named `image_encoder` linears (nothing for the baselines)."""
+    #: each of `ENCODER_TARGETS` -> its linears in one encoder block (names relative to the block)
+    TARGET_LINEARS: dict[str, tuple[str, ...]] = {}
+
+    def _adapt_encoder(self, blocks: Sequence[str]) -> None:
+        """Put the config's task delta into the `targets` linears of the named `image_encoder` blocks (nothing
+        for the baselines); the fused qkv gets the `qkv` rows, every other linear a delta over all its rows."""
         c = self.msam_config
-        if c.has_delta:
-            adapt(
-                self.image_encoder, targets=targets, decomp=c.decomp, num_tasks=len(c.tasks), ranks=c.ranks,
-                scale=c.scale, dropout=c.dropout, init=c.init, qkv=c.qkv,
-            )
+        if not c.has_delta:
+            return
+        options = dict(decomp=c.decomp, num_tasks=len(c.tasks), ranks=c.ranks, scale=c.scale, dropout=c.dropout,
+                       init=c.init)
+        if "qkv" in c.targets:
+            adapt(self.image_encoder, [f"{b}.{n}" for b in blocks for n in self.TARGET_LINEARS["qkv"]],
+                  qkv=c.qkv, **options)
+        others = [f"{b}.{n}" for b in blocks for t in c.targets if t != "qkv" for n in self.TARGET_LINEARS[t]]
+        if others:
+            adapt(self.image_encoder, others, **options)
 
     # ----------------------------------------------------------------------------- properties
     @property

@@ -78,10 +78,12 @@ class MultiTaskSAM2(MultiTaskSAMBase):
     does the same from a config whose `sam` is a `Sam2HieraConfig`.
 
     Modules: `image_encoder` (transformers' Sam2VisionModel: `backbone` Hiera trunk, its blocks' `attn.qkv`
-    become `TaskLinear`s, and `neck` FPN), `pe_layer` (Sam2PositionalEmbedding), `decoders` (name ->
+    (with `targets` also `attn.proj` / `mlp.proj_in` / `mlp.proj_out`) become `TaskLinear`s, and `neck` FPN), `pe_layer` (Sam2PositionalEmbedding), `decoders` (name ->
     Sam2MaskDecoder), `no_mask_embeds` (name -> Parameter (C_t, D)), `no_memory_embedding` (1, 1, D) and
     `not_a_point_embed` (1, D) (frozen). The forward is `MultiTaskSAMBase.forward`.
     """
+
+    TARGET_LINEARS = {"qkv": ("attn.qkv",), "proj": ("attn.proj",), "mlp": ("mlp.proj_in", "mlp.proj_out")}
 
     def __init__(self, msam_config: MSamConfig, checkpoint: SamWeightsSource | None = None) -> None:
         super().__init__(msam_config, Sam2HieraConfig)
@@ -100,7 +102,7 @@ class MultiTaskSAM2(MultiTaskSAMBase):
         if checkpoint is not None:
             self.load_sam_checkpoint(checkpoint)
         set_sam2_attention(self, msam_config.attention)
-        self._adapt_encoder([f"backbone.blocks.{i}.attn.qkv" for i in range(cfg.depth)])
+        self._adapt_encoder([f"backbone.blocks.{i}" for i in range(cfg.depth)])
         self.reset_trainable()
 
     # ----------------------------------------------------------------------------- weights

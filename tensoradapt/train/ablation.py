@@ -140,7 +140,8 @@ class Grid:
         extra: dict[str, Any] = {"tasks": self.task_sets[cell.task_set]} if cell.task_set else {}
         if self.scaling and cell.decomp not in REFERENCES:
             extra["shared_blocks"] = cell.shared_blocks
-        return FinetuneConfig().updated(**self.run, **extra, decomp=cell.decomp, ranks=cell.ranks, seed=cell.seed,
+        run = {k: v for k, v in self.run.items() if not (k == "targets" and cell.decomp in REFERENCES)}
+        return FinetuneConfig().updated(**run, **extra, decomp=cell.decomp, ranks=cell.ranks, seed=cell.seed,
                                         out=str(Path(out) / "cells" / cell.name))
 
     def to_dict(self) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class MSamOptions:
     decomp: str = _MSAM_DEFAULTS["decomp"]
     ranks: int | tuple[int, ...] | str | None = None
     qkv: str = _MSAM_DEFAULTS["qkv"]
+    targets: tuple[str, ...] = _MSAM_DEFAULTS["targets"]
     scale: float = _MSAM_DEFAULTS["scale"]
     dropout: float = _MSAM_DEFAULTS["dropout"]
     train_norms: bool = _MSAM_DEFAULTS["train_norms"]
@@ -164,6 +165,7 @@ class FinetuneConfig:
             raise _usage(e, tuple(f.name for f in dataclasses.fields(MSamOptions)), "model: ") from None
         if self.msam.ranks is not None:  # normalised: "4,8,8" or [4, 8, 8] -> (4, 8, 8)
             self.msam = dataclasses.replace(self.msam, ranks=resolved.ranks)
+        self.msam = dataclasses.replace(self.msam, targets=resolved.targets)  # "mlp,qkv" -> ("qkv", "mlp")
         try:
             self.train.check_tasks(specs)
         except ValueError as e:
@@ -272,8 +274,9 @@ class FinetuneConfig:
         mine = json.loads(json.dumps(self.to_dict()))
         diffs = {k: (stored[k], v) for k, v in mine.items()
                  if k not in _SECTIONS and k not in self.RESUME_TOLERANT_FIELDS and k in stored and stored[k] != v}
-        msam = stored.get("msam") or {}
+        # a model option missing from an older record had its default then (e.g. targets: qkv only)
+        msam = {**json.loads(json.dumps(MSamOptions().to_dict())), **(stored.get("msam") or {})}
         diffs.update({k: (msam[k], v) for k, v in mine["msam"].items()
-                      if k in msam and k not in self.RESUME_TOLERANT_MSAM and msam[k] != v})
+                      if k not in self.RESUME_TOLERANT_MSAM and msam[k] != v})
         diffs.update(self.train.resume_differences(stored.get("train") or {}))
         return diffs
