@@ -244,7 +244,7 @@ def test_targets_adapt_exactly_those_linears_and_each_is_live(ckpt, decomp, targ
     the encoder's output per task when its delta alone is non-zero (no delta built but bypassed)."""
     torch.manual_seed(3)
     model = build_msam("tiny", SMALL, checkpoint=ckpt, decomp=decomp, targets=targets, shared_blocks=shared,
-                       qkv="qv", dropout=0.0).eval()
+                       qkv="qv" if "qkv" in targets else "qkv", dropout=0.0).eval()
     assert model.msam_config.targets == tuple(t for t in ENCODER_TARGETS if t in targets)
     expected = {f"image_encoder.blocks.{i}.{n}" for i in range(shared, model.config.encoder_depth)
                 for t in targets for n in BLOCK_LINEARS[t]}
@@ -320,6 +320,7 @@ def test_bf16_autocast_cpu(ckpt):
         ({"targets": ("mlp", "mlp")}, ValueError, "targets"),
         ({"targets": 3}, ValueError, "targets"),
         ({"decomp": "frozen", "targets": "mlp"}, ValueError, "targets does not apply"),
+        ({"targets": "mlp", "qkv": "qv"}, ValueError, "qkv 'qv' picks rows"),
         ({"dropout": 1.0}, ValueError, "dropout"),
         ({"init": "xavier"}, ValueError, "init"),
         ({"image_size": 100}, ValueError, "image_size"),
@@ -359,7 +360,9 @@ def test_merged_encoder(ckpt):
         assert model(x)["c"].shape == (2, 2, 96, 128)
 
 
-def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
+@pytest.mark.parametrize("targets,shared", [("qkv", 0), ("qkv,proj,mlp", 1)])
+def test_grad_checkpointing_gives_the_same_outputs_and_gradients(targets, shared):
+    """Recomputed blocks keep the forward's per-sample routing, for deltas in every target linear too."""
     from tensoradapt import task_deltas
     from tensoradapt.sam import build_msam
 
@@ -367,7 +370,8 @@ def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
     models = []
     for recompute in (False, True):
         torch.manual_seed(0)
-        m = build_msam("tiny", tasks, decomp="tucker", dropout=0.0, grad_checkpointing=recompute).train()
+        m = build_msam("tiny", tasks, decomp="tucker", dropout=0.0, grad_checkpointing=recompute, targets=targets,
+                       shared_blocks=shared).train()
         with torch.no_grad():
             for _, d in task_deltas(m):
                 for p in d.parameters():
@@ -384,6 +388,7 @@ def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
     grads = [[p.grad for p in m.parameters() if p.requires_grad] for m in models]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert all(p.grad.abs().max() > 0 for _, d in task_deltas(models[1]) for p in d.parameters())
 
 
 def test_the_patch_embedding_runs_once_for_all_task_passes():

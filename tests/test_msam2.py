@@ -173,6 +173,7 @@ def test_every_target_in_hiera_routes_each_sample_to_its_task(folder):
             unmerge_adapters(model)
             for level, alone in zip(levels, folded):
                 torch.testing.assert_close(level[k * 2:(k + 1) * 2], alone, atol=1e-4, rtol=1e-4)
+        assert (levels[2][:2] - levels[2][2:4]).abs().max() > 1e-2  # the tasks' deltas are live
 
 
 def test_qkv_rows_follow_the_windows_of_each_stage():

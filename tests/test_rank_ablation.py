@@ -162,6 +162,10 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     assert "--epochs" in capsys.readouterr().err
     assert cli.main(["--quick", "--all-ranks", "--out", str(tmp_path)]) == 2
     assert "--all-ranks" in capsys.readouterr().err
+    grid = cli.grid_from_args(cli.build_parser().parse_args(["--targets", "qkv,mlp", "--decomps", "tucker"]))
+    assert grid.run["targets"] == "qkv,mlp" and grid.decomps == ("tucker", "lora")
+    assert cli.main(["--targets", "qkv,ffn", "--dry-run", "--out", str(tmp_path)]) == 2
+    assert "--targets" in capsys.readouterr().err
 
 
 def test_per_seed_sweeps_share_one_table_and_stale_cells_are_refused(tmp_path, mini_data):

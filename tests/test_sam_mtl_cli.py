@@ -127,6 +127,9 @@ def test_resume_differences_ignore_tolerant_fields_only():
     # a record from before a model option existed had that option's default (here: deltas in qkv only)
     del stored["msam"]["targets"]
     assert later.resume_differences(stored) == {}
+    flat = {k: v for k, v in stored.items() if k != "msam"}  # the oldest records: no model section to compare
+    assert cfg.resume_differences(flat) == {}
+    assert cfg.resume_differences({**stored, "msam": {**stored["msam"], "targets": "qkv"}}) == {}  # as typed
     assert cfg.updated(targets="mlp,qkv").resume_differences(stored) == {"targets": (["qkv"], ["qkv", "mlp"])}
 
 
@@ -320,6 +323,14 @@ def test_lr_scale_reaches_the_optimizer_of_the_recipe(mini, tmp_path):
     assert cfg.train.lr_scale == {**defaults, "delta": 2.0}
     args = base_args(mini, tmp_path / "d", "--lr", "1e-3")
     assert sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(args)).train.lr_scale == defaults
+
+
+def test_targets_flag_reaches_the_model(mini, tmp_path):
+    args = base_args(mini, tmp_path / "t", "--targets", "mlp,qkv")
+    cfg = sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(args))
+    assert cfg.msam.targets == ("qkv", "mlp") and cfg.msam_config().targets == ("qkv", "mlp")
+    with pytest.raises(finetune.UsageError, match="^--targets must be"):
+        sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(base_args(mini, tmp_path / "t", "--targets", "ffn")))
 
 
 def test_the_readmes_paper_command_parses_into_the_papers_setting(tmp_path):

@@ -71,7 +71,7 @@ def plain_encoder(model):
     for k, v in model.image_encoder.state_dict().items():
         if ".delta." in k:
             continue
-        state[k.replace(".qkv.base.", ".qkv.")] = v
+        state[k.replace(".base.", ".")] = v  # a TaskLinear's frozen linear is its `base`
     enc.load_state_dict(state)
     return enc.eval().requires_grad_(False)
 

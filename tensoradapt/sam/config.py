@@ -277,6 +277,9 @@ class MSamConfig:
             raise TypeError(f"qkv must be a string like 'qkv' or 'qv', got {self.qkv!r}")
         qkv_rows(3, self.qkv)  # raises ValueError naming qkv
         self.targets = parse_targets(self.targets)
+        if self.qkv != "qkv" and "qkv" not in self.targets:
+            raise ValueError(f"qkv {self.qkv!r} picks rows of the fused qkv, which targets {self.targets!r} does "
+                             "not adapt: add 'qkv' to targets or leave qkv at 'qkv'")
         if self.decomp in NO_DELTA and self.targets != ("qkv",):
             raise ValueError(f"targets does not apply to decomp={self.decomp!r} (it has no task delta); leave it "
                              f"at the default ('qkv',), got {self.targets!r}")

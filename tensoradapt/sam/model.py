@@ -2,7 +2,8 @@
 
     images (B, 3, H, W) in [0, 1]
       -> resize the longest side to S = config.image_size, SAM pixel normalisation, pad to S x S
-      -> ImageEncoderViT with a task delta in every block's fused qkv, run once for the requested tasks as
+      -> ImageEncoderViT with a task delta in every block's fused qkv (`targets`: also its attention output
+         and MLP linears), run once for the requested tasks as
          one mixed-task batch of T*B samples (task-major: rows [k*B, (k+1)*B) are task k)
       -> per task t: image embedding (B, D, g, g) + each of its C_t learned no-mask embeddings
          -> task t's MaskDecoder on the B*C_t pairs (no prompts) -> first mask token's mask (B, C_t, 4g, 4g)

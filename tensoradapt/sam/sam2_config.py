@@ -91,7 +91,7 @@ class Sam2HieraConfig:
     # ----------------------------------------------------------------------------- derived
     @property
     def depth(self) -> int:
-        """Number of Hiera blocks (each one's `attn.qkv` gets a task delta)."""
+        """Number of Hiera blocks (each one's `attn.qkv`, and its other `targets`, get a task delta)."""
         return sum(self.blocks_per_stage)
 
     @property

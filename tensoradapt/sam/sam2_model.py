@@ -2,7 +2,7 @@
 
     images (B, 3, H, W) in [0, 1]
       -> resize to S x S (SAM 2 does not keep the aspect ratio), ImageNet normalisation
-      -> Hiera trunk with a task delta in every block's fused qkv, run once for the requested tasks as one
+      -> Hiera trunk with a task delta in every block's fused qkv (`targets`: also attn.proj and the MLP), run once for the requested tasks as one
          mixed-task batch of T'*B samples (task-major), then the FPN neck: levels s0 (S/4), s1 (S/8) and the
          image embedding (S/16, + SAM 2's no-memory embedding), each (T'*B, D, ., .)
       -> per task t: its decoder's conv_s0 / conv_s1 on s0 / s1 (the high-resolution features); each of
@@ -16,7 +16,7 @@ the fused `qkv`, and pools the queries only *after* it, so `qkv` always sees B'*
 which `tensoradapt`'s routing rule (each id repeated k times) covers; global blocks see B' rows.
 
 What trains (`requires_grad`, set by the builder), as in mSAM:
-- the task deltas of the trunk's qkv (every decomposition but "full" / "frozen" / "none");
+- the task deltas of the trunk's qkv (and its other `targets`; every decomposition but "full" / "frozen" / "none");
 - every task's no-mask embeddings and mask decoder, *except* the parts that never get a gradient when
   only mask token 0 is read: the IoU head, the object-score head and the hypernetwork MLPs of mask
   tokens 1-3 (so DDP needs no `find_unused_parameters`). The decoder's tokens, two-way transformer,

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Mapping
 
 from .._utils import dataclass_kwargs
 from ..sam import DECOMPS, MSAM_PARAM_GROUPS, SAM2_CONFIGS, SAM_CONFIGS, MSamConfig, get_model_config
+from ..sam.config import parse_targets
 from .config import TrainConfig
 
 __all__ = [
@@ -60,6 +61,21 @@ def _usage(error: ValueError | TypeError, fields: tuple[str, ...], prefix: str =
         if msg.startswith(name + " ") or msg.startswith(name + "["):
             return UsageError(flag(name) + msg[len(name):])
     return UsageError(prefix + msg)
+
+
+def _msam_differences(stored: Mapping[str, Any] | None, mine: Mapping[str, Any],
+                       tolerant: frozenset[str]) -> dict[str, tuple[Any, Any]]:
+    """{option: (stored, now)} of the model options (JSON form) that differ. An option missing from a stored
+    `msam` section had its default then (e.g. targets: qkv only); a record without the section compares none."""
+    if stored is None:
+        return {}
+    stored = {**json.loads(json.dumps(MSamOptions().to_dict())), **stored}
+    if isinstance(stored.get("targets"), (str, list, tuple)):  # "qkv" or ["mlp", "qkv"] as written by hand
+        try:
+            stored["targets"] = list(parse_targets(stored["targets"]))
+        except ValueError:
+            pass
+    return {k: (stored[k], v) for k, v in mine.items() if k not in tolerant and stored[k] != v}
 
 
 def finetune_train_config(**changes: Any) -> TrainConfig:
@@ -274,9 +290,6 @@ class FinetuneConfig:
         mine = json.loads(json.dumps(self.to_dict()))
         diffs = {k: (stored[k], v) for k, v in mine.items()
                  if k not in _SECTIONS and k not in self.RESUME_TOLERANT_FIELDS and k in stored and stored[k] != v}
-        # a model option missing from an older record had its default then (e.g. targets: qkv only)
-        msam = {**json.loads(json.dumps(MSamOptions().to_dict())), **(stored.get("msam") or {})}
-        diffs.update({k: (msam[k], v) for k, v in mine["msam"].items()
-                      if k not in self.RESUME_TOLERANT_MSAM and msam[k] != v})
+        diffs.update(_msam_differences(stored.get("msam"), mine["msam"], self.RESUME_TOLERANT_MSAM))
         diffs.update(self.train.resume_differences(stored.get("train") or {}))
         return diffs
