@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tensoradapt import task_deltas
+from tensoradapt import merge_adapters, task_deltas, unmerge_adapters
 from tensoradapt.sam import build_sam
 
 TASKS = {"semantic": 13, "depth": 1, "normal": 3}
@@ -35,6 +35,22 @@ def ckpt(sam: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sam") / "sam_tiny.pth"
     torch.save(sam.state_dict(), path)
     return path
+
+
+def mixed_batch_equals_folded(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Assert that the encoder's mixed-task batch (all tasks, task-major) equals, task by task, the encoder
+    with that task's deltas merged into its weights; return the mixed batch's levels (one for SAM, 3 for SAM 2)."""
+    B = x.shape[0]
+    as_levels = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
+    with torch.no_grad():
+        mixed = as_levels(model._encode(model.preprocess(x)[0], list(range(len(model.task_names)))))
+        for k, name in enumerate(model.task_names):
+            merge_adapters(model, k)
+            folded = as_levels(model.encode(x, name))
+            unmerge_adapters(model)
+            for level, alone in zip(mixed, folded, strict=True):
+                torch.testing.assert_close(level[k * B:(k + 1) * B], alone, atol=1e-4, rtol=1e-4)
+    return mixed
 
 
 def randomise_deltas(model: nn.Module, std: float = 0.3) -> None:
