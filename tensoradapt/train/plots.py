@@ -5,7 +5,6 @@ matplotlib is imported lazily (the `plot` extra) with the non-interactive Agg ba
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._utils import atomic_path
 from .jsonl import read_jsonl
 
 __all__ = ["plot_loss_curves", "plot_predictions", "to_display", "plot_delta_m_vs_params", "plot_metric_vs_rank"]
@@ -135,12 +135,11 @@ def _save(fig, path: str | Path, title: str | None, dpi: int) -> Path:
 
 
 def _write(fig, path: str | Path, dpi: int) -> None:
-    """savefig to a file of this process, then rename it over `path`: a reader (or a sweep's other shard writing
-    the same plot) never sees half a file."""
+    """savefig through `atomic_path`: a reader (or a sweep's other shard writing the same plot) never sees half
+    a file. The format is `path`'s suffix (the temporary file's is .tmp)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")  # same suffix: savefig picks the format
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix[1:] or _plt().rcParams["savefig.format"])
 
 
 # ------------------------------------------------------------------------------------------ rank sweep
