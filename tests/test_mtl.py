@@ -16,6 +16,7 @@ from tensoradapt.mtl import (
     delta_m_report,
     get_tasks,
     task_losses,
+    task_table,
 )
 
 
@@ -200,3 +201,40 @@ def test_delta_m_hand_computed_and_signs():
     # a custom table
     table = {"d": DepthTask("d", 1, {"abs_err": -1}, "abs_err")}
     assert delta_m({"d": {"abs_err": 1.0}}, {"d": {"abs_err": 2.0}}, tasks=table) == pytest.approx(50.0)
+
+
+def _some_target(spec: TaskSpec, g: torch.Generator) -> torch.Tensor:
+    """A target for `spec` at (2, ., 6, 8) with a few invalid pixels, in each task's own encoding."""
+    if isinstance(spec, SemanticTask):
+        t = torch.randint(0, spec.channels, (2, 6, 8), generator=g)
+        t[0, :2] = spec.ignore_index
+        return t
+    t = torch.rand(2, spec.channels, 6, 8, generator=g)
+    if spec.name == "normal":
+        t = t - 0.5
+    if spec.name in ("depth", "normal"):
+        t[0, :, :2] = 0.0           # 0 marks invalid depth / normals
+    else:
+        t[0, :, :2] = -1.0          # -1 marks ignored pixels of the rendered tasks
+    return t
+
+
+@pytest.mark.parametrize("name", list(task_table()))
+def test_loss_traces_without_host_sync(name):
+    """Every task's loss is one graph (no `bool(tensor)` branch, which would sync a GPU every step), and the
+    traced loss and its gradient equal the eager ones, also when no pixel is valid."""
+    spec = task_table()[name]
+    g = torch.Generator().manual_seed(0)
+    target = _some_target(spec, g)
+    traced = torch.compile(spec.loss, backend="eager", fullgraph=True)
+    invalid = torch.full_like(target, spec.ignore_index if isinstance(spec, SemanticTask) else
+                              (0 if name in ("depth", "normal") else -1))
+    for t in (target, invalid):
+        logits = torch.randn(2, spec.channels, 6, 8, generator=g, requires_grad=True)
+        want = spec.loss(logits, t)
+        (want_grad,) = torch.autograd.grad(want, logits)
+        got = traced(logits, t)
+        (got_grad,) = torch.autograd.grad(got, logits)
+        assert torch.isfinite(want)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got_grad, want_grad)

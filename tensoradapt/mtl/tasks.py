@@ -225,6 +225,13 @@ class NormalMeter(Meter):
         }
 
 
+def _masked_mean(total: Tensor, valid: Tensor) -> Tensor:
+    """`total` (a sum over the valid pixels) / their count; 0, still differentiable, when none is valid.
+
+    Dividing by the clamped count instead of branching on `valid.any()` keeps the loss free of host syncs."""
+    return total / valid.sum().clamp_min(1)
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One row of the task table.
@@ -289,10 +296,9 @@ class SemanticTask(TaskSpec):
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         _check_pair(self.name, logits, target, self.channels, 3)
-        valid = target != self.ignore_index
-        if not bool(valid.any()):  # cross_entropy would return NaN (0 / 0)
-            return logits.sum() * 0.0
-        return F.nll_loss(F.log_softmax(logits, dim=1), target.long(), ignore_index=self.ignore_index)
+        total = F.nll_loss(F.log_softmax(logits, dim=1), target.long(), ignore_index=self.ignore_index,
+                           reduction="sum")
+        return _masked_mean(total, target != self.ignore_index)
 
     def new_meter(self) -> ConfusionMeter:
         return ConfusionMeter(self.channels, self.ignore_index)
@@ -308,9 +314,7 @@ class DepthTask(TaskSpec):
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         _check_pair(self.name, logits, target, 1, 4)
         valid = target > 0
-        if not bool(valid.any()):
-            return logits.sum() * 0.0
-        return (logits - target).abs()[valid].mean()
+        return _masked_mean(torch.where(valid, (logits - target).abs(), 0.0).sum(), valid)
 
     def new_meter(self) -> DepthMeter:
         return DepthMeter()
@@ -326,10 +330,8 @@ class NormalTask(TaskSpec):
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         _check_pair(self.name, logits, target, 3, 4)
         valid = target.abs().sum(dim=1) > 0
-        if not bool(valid.any()):
-            return logits.sum() * 0.0
         cos = (F.normalize(logits, dim=1) * F.normalize(target, dim=1)).sum(dim=1)
-        return (1.0 - cos[valid]).mean()
+        return _masked_mean(torch.where(valid, 1.0 - cos, 0.0).sum(), valid)
 
     def new_meter(self) -> NormalMeter:
         return NormalMeter()
