@@ -56,3 +56,37 @@ def test_the_sweep_skips_claimed_cells_and_a_shard_takes_the_others_share(tmp_pa
     assert ran == [names[0], names[2], names[3]]
     assert any(names[1] in line and "another process" in line for line in logged)
     assert names[1] in logged[-1]  # the end says which cells are still unfinished
+
+
+RACE = """
+import json, os, sys, time
+from pathlib import Path
+from tensoradapt.train import ablation as ra
+ra.write_outputs = lambda grid, out: []  # the fake cells below have no metrics to tabulate
+grid = ra.Grid(decomps=("lora",), levels={"lora": (2,)}, references=("frozen",), seeds=(0, 1, 2),
+               baseline_level=2, run=dict(epochs=1, progress=False))
+out = Path(sys.argv[1])
+while not (out / "go").exists():  # both processes start the sweep at the same moment
+    time.sleep(0.01)
+
+def train(cfg, resume=False):
+    with open(out / "ran.txt", "a") as f:
+        f.write(f"{Path(cfg.out).name} {os.getpid()}\\n")
+    time.sleep(0.3)
+    (Path(cfg.out) / "results.json").write_text(json.dumps({"config": cfg.to_dict()}))
+
+ra.run_grid(grid, out, log=lambda line: None, train_cell=train)
+"""
+
+
+def test_two_processes_racing_for_the_same_cells_run_each_once(tmp_path):
+    """Two unsharded processes walk the same cells in the same order, so they contend for every one."""
+    out = tmp_path / "sweep"
+    out.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(out)]) for _ in range(2)]
+    (out / "go").touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    ran = [line.split()[0] for line in (out / "ran.txt").read_text().splitlines()]
+    grid = ra.Grid(decomps=("lora",), levels={"lora": (2,)}, references=("frozen",), seeds=(0, 1, 2),
+                   baseline_level=2)
+    assert sorted(ran) == sorted(c.name for c in grid.cells())  # every cell, none twice
