@@ -351,3 +351,29 @@ def test_the_readmes_paper_command_parses_into_the_papers_setting(tmp_path):
     assert cfg.model == "vit_l" and cfg.msam.ranks == (4, 32, 32) and cfg.train.lr == 1e-3
     assert set(cfg.train.lr_scale.values()) == {1.0}  # the paper has one learning rate
     assert cfg.train.orth_weight == 1 and cfg.train.orth_terms == "paper" and cfg.train.epochs == 200
+
+
+def test_load_run_gives_back_the_trained_model(mini, tmp_path, capsys):
+    """`load_run` rebuilds a finished run's model with its trained weights: evaluating it again reproduces the
+    run's own depth metric (a fresh model would not), and depth_error.py reports that same number."""
+    depth_error = load_script("experiments/depth_error.py")
+    out = tmp_path / "run"
+    assert sam_mtl.main(base_args(mini, out, "--decomp", "tucker", "--ranks", "2,4,4")) == 0
+    want = json.loads((out / "results.json").read_text())["metrics"]["depth"]["abs_err"]
+    cfg, model, val = finetune.load_run(out, "last")
+    assert not model.training and len(val) == 2 and cfg.msam.decomp == "tucker"
+    capsys.readouterr()
+    assert depth_error.main([str(out), "--checkpoint", "last"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+    assert float(row[2]) == pytest.approx(want, abs=1e-4)
+    fresh = finetune.build_model(cfg, None).eval()
+    from tensoradapt.train.distributed import DistInfo
+    from tensoradapt.train.evaluation import evaluate_tasks
+
+    other = evaluate_tasks(fresh, cfg.task_specs(), val, batch_size=2, dist_info=DistInfo())["depth/abs_err"]
+    assert other != pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="checkpoint"):
+        finetune.load_run(out, "final")
+    with pytest.raises(FileNotFoundError, match="run_config"):
+        finetune.load_run(tmp_path / "nothing")
+    assert depth_error.main([str(tmp_path / "nothing")]) == 2

@@ -22,20 +22,20 @@ from torch.utils.data import Dataset, Subset
 
 from .._utils import atomic_write_json
 from ..sam import MultiTaskSAMBase, msam_param_groups
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_checkpoint, load_trainable_state_dict
 from .distributed import barrier, cleanup_distributed, init_distributed
 from .engine import Trainer
 from .finetune_config import (
     FINETUNE_TRAIN_DEFAULTS, PRETRAINED_MODELS, FinetuneConfig, MSamOptions, UsageError, finetune_train_config,
 )
-from .resume import LAST
+from .resume import BEST, LAST
 from .results import (
     RESULTS, RUN_CONFIG, parameter_counts, rank_text, results_record, summary_line, write_figures, write_results,
 )
 
 __all__ = [
     "FinetuneConfig", "MSamOptions", "UsageError", "finetune_train_config", "run", "build_model", "ModelBuilder",
-    "build_datasets", "resolve_checkpoint", "resolve_data_root", "RESULTS", "RUN_CONFIG",
+    "build_datasets", "resolve_checkpoint", "resolve_data_root", "load_run", "RESULTS", "RUN_CONFIG",
 ]
 
 
@@ -102,6 +102,22 @@ def build_datasets(cfg: FinetuneConfig, root: Path) -> tuple[Dataset, Dataset]:
     if cfg.val_size is not None and cfg.val_size < len(val):
         val = Subset(val, range(cfg.val_size))
     return train, val
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[FinetuneConfig, nn.Module, Dataset]:
+    """(config, model in eval mode, validation split) of a `run` in `run_dir`: the model its run_config.json
+    describes, frozen weights from that config's SAM checkpoint, trainable ones from best.pt or last.pt."""
+    files = {"best": BEST, "last": LAST}
+    if checkpoint not in files:
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_CONFIG).is_file() or not (run_dir / files[checkpoint]).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {RUN_CONFIG} and {files[checkpoint]} of a sam_mtl.py run")
+    cfg = FinetuneConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()))
+    model = build_model(cfg, resolve_checkpoint(cfg, main=False))
+    load_trainable_state_dict(model, load_checkpoint(run_dir / files[checkpoint])["model"], str(run_dir))
+    _, val = build_datasets(cfg, resolve_data_root(cfg, main=False))
+    return cfg, model.eval(), val
 
 
 def _check_resume(cfg: FinetuneConfig, out: Path, resume: bool) -> None:
