@@ -2,6 +2,8 @@
 
     python experiments/pretrain_sam.py                  # the default config: what the experiments build on first use
     python experiments/pretrain_sam.py --steps 6000     # a longer run, to its own file in the cache
+    python experiments/pretrain_sam.py --model tiny_p8 --steps 8000 --n-scenes 1000 --masks objects
+                                                        # object masks only: the room's shell is never a target
 
 A fixed number of steps with a seed: the same arguments give the same checkpoint bytes on every machine of
 a kind. Writes the official-format state dict (loads like sam_vit_b_01ec64.pth) atomically to --out
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 
 from tensoradapt.train.pretrain import (
-    DOMAIN_GAPS, PretrainConfig, default_tiny_sam_path, export_shipped, format_report, pretrain_tiny_sam, shipped_paths,
+    DOMAIN_GAPS, MASK_SETS, PretrainConfig, default_tiny_sam_path, export_shipped, format_report, pretrain_tiny_sam, shipped_paths,
 )
 
 
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-scenes", type=int, default=d.n_scenes, help="training scenes")
     ap.add_argument("--domain-gap", default=d.domain_gap, choices=DOMAIN_GAPS,
                     help="palette: every pretraining scene in a random colour palette (default none)")
+    ap.add_argument("--masks", default=d.masks, choices=MASK_SETS,
+                    help="objects: no wall / floor / ceiling masks, SAM's object-centric targets (default all)")
     ap.add_argument("--device", default="cpu", help="where the model trains (default cpu); the report records it")
     ap.add_argument("--n-heldout", type=int, default=d.n_heldout, help="held-out scenes for the IoU evaluation")
     ap.add_argument("--out", type=Path, default=None,
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="then write the fp16 copy and its provenance into tensoradapt/assets/ (the shipped checkpoint)")
     args = ap.parse_args(argv)
     try:
-        cfg = PretrainConfig(model=args.model, domain_gap=args.domain_gap, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+        cfg = PretrainConfig(model=args.model, domain_gap=args.domain_gap, masks=args.masks, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                              masks_per_image=args.masks_per_image, lr=args.lr, warmup_steps=args.warmup_steps,
                              n_scenes=args.n_scenes, n_heldout=args.n_heldout)
     except ValueError as e:

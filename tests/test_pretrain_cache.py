@@ -66,6 +66,13 @@ def test_ensure_rebuilds_on_a_config_change(builds, tmp_path):
     assert checkpoint_mismatch(path, other) is None
     ensure_tiny_sam_checkpoint(path, other, progress=False)
     assert len(builds) == 2
+    # a report written before the `masks` option existed names the same config (it meant masks="all")
+    report = json.loads(path.with_suffix(".json").read_text())
+    del report["pretrain_config"]["masks"]
+    path.with_suffix(".json").write_text(json.dumps(report))
+    assert checkpoint_mismatch(path, other) is None
+    why = checkpoint_mismatch(path, other.replace(masks="objects"))
+    assert why is not None and "masks: 'all' -> 'objects'" in why
 
 
 def test_ensure_rebuilds_what_it_cannot_vouch_for(builds, tmp_path, monkeypatch):

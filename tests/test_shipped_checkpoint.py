@@ -33,7 +33,7 @@ def test_the_shipped_file_matches_its_provenance_and_recipe():
     assert shipped_checkpoint() == weights
     record = json.loads(provenance.read_text())
     assert weights.stat().st_size <= 5 * 2**20
-    assert record["pretrain_config"] == SHIPPED_CONFIG.to_dict()
+    assert PretrainConfig.from_dict(record["pretrain_config"]) == SHIPPED_CONFIG
     assert shipped_matches_recipe() is None, "the pretraining recipe changed: regenerate the shipped checkpoint"
     assert record["recipe_version"] == PRETRAIN_VERSION
     for key in ("command", "code_revision", "seed", "steps", "source_sha256", "device"):
@@ -115,3 +115,50 @@ def test_the_domain_gap_changes_the_pretraining_images_only():
     assert torch.equal(shifted.inputs[:, :, h:], plain.inputs[:, :, h:])  # the padding stays zero
     with pytest.raises(ValueError, match="domain_gap must be one of"):
         PretrainConfig(domain_gap="sepia")
+
+
+def test_objects_only_masks_leave_out_the_rooms_shell_and_nothing_else():
+    from tensoradapt.data.synthetic import synthesize
+    from tensoradapt.data.synthetic.classes import CLASSES
+    from tensoradapt.train.pretrain import SHELL_CLASSES, shell_instances
+
+    cfg = get_sam_config("tiny")
+    every = PromptScenes(cfg, 3, stream="sam_train")
+    objects = PromptScenes(cfg, 3, stream="sam_train", masks="objects")
+    assert torch.equal(every.inputs, objects.inputs) and torch.equal(every.instances, objects.instances)
+    shell_ids = [CLASSES.index(c) for c in SHELL_CLASSES]
+    dropped_any = False
+    for i in range(3):
+        label = torch.from_numpy(synthesize(i, seed=0, stream="sam_train", height=every.h, width=every.w)["label"]
+                                 .astype(np.int64))
+        for k in every.masks[i]:
+            cls = label[(every.instances[i] == k) & (label >= 0)]
+            is_shell = cls.numel() > 0 and int(cls.mode().values) in shell_ids
+            assert (k in objects.masks[i]) == (not is_shell), (i, k)
+            dropped_any |= is_shell
+        keep = [every.masks[i].index(k) for k in objects.masks[i]]
+        assert torch.equal(objects.areas[i], every.areas[i][keep])
+    assert dropped_any  # every room has walls and a floor
+    wall, floor, bed = (CLASSES.index(c) for c in ("wall", "floor", "bed"))
+    inst = torch.tensor([[1, 1, 2, 2], [3, 3, 3, 2]])
+    lab = torch.tensor([[wall, -1, bed, bed], [floor, bed, bed, bed]])
+    assert shell_instances(inst, lab) == {1}  # 1: wall (its unlabelled pixel aside); 3: mostly bed
+    with pytest.raises(ValueError, match="masks must be one of"):
+        PretrainConfig(masks="stuff")
+    with pytest.raises(ValueError, match="masks must be"):
+        PromptScenes(cfg, 1, masks="stuff")
+
+
+def test_a_report_from_before_the_masks_option_still_names_its_config():
+    from tensoradapt.train.pretrain.build import config_digest
+
+    old = {k: v for k, v in SHIPPED_CONFIG.to_dict().items() if k != "masks"}
+    assert PretrainConfig.from_dict(old) == SHIPPED_CONFIG
+    palette = PretrainConfig(domain_gap="palette")
+    assert config_digest(palette) != config_digest(palette.replace(masks="objects"))
+    # the digest of a config at the option's default is what it was before the option existed (cached names hold)
+    import hashlib
+
+    before = json.dumps({"version": PRETRAIN_VERSION, **{k: v for k, v in palette.to_dict().items()
+                                                        if k != "masks"}}, sort_keys=True)
+    assert config_digest(palette) == hashlib.sha256(before.encode()).hexdigest()[:10]

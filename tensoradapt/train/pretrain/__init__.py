@@ -13,18 +13,18 @@ scenes with instance masks), `prompts` (boxes and points from masks), `losses` (
 """
 from .artifact import load_sam_checkpoint, read_report, report_path, write_checkpoint
 from .build import checkpoint_mismatch, default_tiny_sam_path, ensure_tiny_sam_checkpoint
-from .config import DEFAULT_STEPS, DOMAIN_GAPS, PRETRAIN_VERSION, PretrainConfig
+from .config import DEFAULT_STEPS, DOMAIN_GAPS, MASK_SETS, PRETRAIN_VERSION, PretrainConfig
 from .evaluate import evaluate_prompted_iou, format_report
 from .loop import pretrain_tiny_sam
 from .losses import dice_loss, focal_loss, mask_iou
-from .scenes import PromptScenes, input_size_for, palette_shift
+from .scenes import SHELL_CLASSES, PromptScenes, input_size_for, palette_shift, shell_instances
 from .shipped import (
     SHIPPED_CONFIG, ShippedCheckpointError, export_shipped, pretrained_checkpoint, shipped_checkpoint, shipped_paths,
 )
 
 __all__ = [
-    "PRETRAIN_VERSION", "DEFAULT_STEPS", "DOMAIN_GAPS", "PretrainConfig", "PromptScenes", "input_size_for",
-    "palette_shift", "pretrain_tiny_sam",
+    "PRETRAIN_VERSION", "DEFAULT_STEPS", "DOMAIN_GAPS", "MASK_SETS", "PretrainConfig", "PromptScenes",
+    "SHELL_CLASSES", "shell_instances", "input_size_for", "palette_shift", "pretrain_tiny_sam",
     "evaluate_prompted_iou", "format_report", "default_tiny_sam_path", "ensure_tiny_sam_checkpoint",
     "checkpoint_mismatch", "load_sam_checkpoint", "write_checkpoint", "read_report", "report_path",
     "focal_loss", "dice_loss", "mask_iou", "SHIPPED_CONFIG", "ShippedCheckpointError", "export_shipped",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..._utils import cache_dir, file_lock
 from .artifact import file_sha256, read_report
-from .config import PRETRAIN_VERSION, PretrainConfig
+from .config import LATER_FIELDS, PRETRAIN_VERSION, PretrainConfig
 from .evaluate import format_report
 from .loop import pretrain_tiny_sam
 
@@ -24,7 +24,8 @@ __all__ = ["config_digest", "default_tiny_sam_path", "checkpoint_mismatch", "ens
 
 def config_digest(config: PretrainConfig) -> str:
     """10 hex digits identifying the config's field values (and the recipe version)."""
-    text = json.dumps({"version": PRETRAIN_VERSION, **config.to_dict()}, sort_keys=True)
+    fields = {k: v for k, v in config.to_dict().items() if LATER_FIELDS.get(k, object()) != v}
+    text = json.dumps({"version": PRETRAIN_VERSION, **fields}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -49,6 +50,7 @@ def checkpoint_mismatch(path: str | os.PathLike, config: PretrainConfig) -> str 
     saved, wanted = report.get("pretrain_config"), config.to_dict()
     if not isinstance(saved, dict):
         return "its report has no pretrain_config"
+    saved = {**LATER_FIELDS, **saved}
     differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
     if differ:
         return "built with another config (" + ", ".join(

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from ..._utils import dataclass_kwargs
 from ...sam import get_sam_config
 
-__all__ = ["PRETRAIN_VERSION", "DEFAULT_STEPS", "DOMAIN_GAPS", "PretrainConfig"]
+__all__ = ["PRETRAIN_VERSION", "DEFAULT_STEPS", "DOMAIN_GAPS", "MASK_SETS", "LATER_FIELDS", "PretrainConfig"]
 
 #: Part of the cached file name and of the report: bump when the recipe's code changes.
 PRETRAIN_VERSION = 4
@@ -22,6 +22,12 @@ PRETRAIN_VERSION = 4
 DEFAULT_STEPS = 1500
 #: How the pretraining scenes' images differ from the task scenes' (:func:`.scenes.palette_shift`).
 DOMAIN_GAPS = ("none", "palette")
+#: Which instances are prompted masks (:class:`.scenes.PromptScenes`): every one, or objects only (the room's
+#: shell, its walls, floor and ceiling, never is a target, as in SAM's object-centric data).
+MASK_SETS = ("all", "objects")
+#: Fields added after recipe version 4 with the value every earlier report meant: a saved config without them
+#: reads as having them, and `build.config_digest` leaves them out at these values (cached names stay valid).
+LATER_FIELDS = {"masks": "all"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class PretrainConfig:
     dice_weight: float = 1.0
     iou_weight: float = 1.0
     domain_gap: str = "none"            # "palette": a random colour palette per pretraining scene
+    masks: str = "all"                  # "objects": no wall / floor / ceiling masks (training and held-out)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "masks_per_image", "n_scenes", "n_heldout", "eval_masks_per_scene"):
@@ -71,6 +78,8 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.domain_gap not in DOMAIN_GAPS:
             raise ValueError(f"domain_gap must be one of {DOMAIN_GAPS}, got {self.domain_gap!r}")
+        if self.masks not in MASK_SETS:
+            raise ValueError(f"masks must be one of {MASK_SETS}, got {self.masks!r}")
         get_sam_config(self.model)  # raises for an unknown model
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,8 +87,9 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PretrainConfig":
-        """The inverse of `to_dict`; unknown keys are refused (a report of another version is not half-read)."""
-        return cls(**dataclass_kwargs(cls, data))
+        """The inverse of `to_dict`; unknown keys are refused (a report of another version is not half-read),
+        a missing `LATER_FIELDS` key takes the value its report meant."""
+        return cls(**{**LATER_FIELDS, **dataclass_kwargs(cls, data)})
 
     def replace(self, **overrides: Any) -> "PretrainConfig":
         """A copy with `overrides` (validated again)."""

@@ -120,9 +120,9 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
         torch.manual_seed(pc.seed)
         sam = build_sam(cfg).to(device)
         data = PromptScenes(cfg, pc.n_scenes, seed=pc.seed, stream="sam_train", min_area_frac=pc.min_area_frac,
-                            domain_gap=pc.domain_gap, progress=progress)
+                            domain_gap=pc.domain_gap, masks=pc.masks, progress=progress)
         heldout = PromptScenes(cfg, pc.n_heldout, seed=pc.seed, stream="sam_heldout",
-                               min_area_frac=pc.min_area_frac, domain_gap=pc.domain_gap)
+                               min_area_frac=pc.min_area_frac, domain_gap=pc.domain_gap, masks=pc.masks)
         random_init = evaluate_prompted_iou(sam, heldout, pc.eval_masks_per_scene)
         t_train = time.perf_counter()
         history = _train(sam, data, pc, progress)

@@ -3,7 +3,8 @@
 Input: the scene rendered with its longest side at ``image_size`` (NYUv2's 3:4 aspect gives 96 x 128 for the
 tiny config), normalised with SAM's pixel mean / std on the 0-255 scale and zero-padded bottom-right to a
 square, exactly as :meth:`Sam.preprocess` does. Masks: every instance covering at least ``min_area_frac`` of
-the image (walls, floor and ceiling included: SAM is class-agnostic).
+the image (walls, floor and ceiling included: SAM is class-agnostic), or with ``masks="objects"`` all but the
+room's shell (`SHELL_CLASSES`: an instance is shell when most of its labelled pixels are).
 """
 from __future__ import annotations
 
@@ -14,10 +15,26 @@ from tqdm import tqdm  # not tqdm.auto: in notebooks that wants ipywidgets
 
 from ...sam import SamConfig
 
-__all__ = ["NYU_ASPECT", "input_size_for", "palette_shift", "PromptScenes"]
+__all__ = ["NYU_ASPECT", "SHELL_CLASSES", "input_size_for", "palette_shift", "shell_instances", "PromptScenes"]
 
 #: (H, W) of NYUv2 frames: the aspect the scenes are rendered at.
 NYU_ASPECT = (288, 384)
+#: The semantic classes of a room's shell, left out of the prompted masks by ``masks="objects"``.
+SHELL_CLASSES = ("wall", "floor", "ceiling")
+
+
+def shell_instances(instance: Tensor, label: Tensor) -> set[int]:
+    """Ids of the instances whose labelled pixels are mostly of a `SHELL_CLASSES` class: (h, w) int maps."""
+    from ...data.synthetic.classes import CLASSES
+
+    shell = torch.tensor([CLASSES.index(c) for c in SHELL_CLASSES])
+    labelled = label >= 0
+    ids, cls = instance[labelled], label[labelled].long()
+    out = set()
+    for k in ids.unique().tolist():
+        if bool(torch.isin(cls[ids == k].mode().values, shell)):
+            out.add(k)
+    return out
 
 
 def input_size_for(cfg: SamConfig, aspect: tuple[int, int] = NYU_ASPECT) -> tuple[int, int]:
@@ -42,7 +59,8 @@ def palette_shift(image: Tensor, rng: np.random.Generator) -> Tensor:
 
 
 class PromptScenes:
-    """`n` scenes of one synthetic stream, ready for SAM (`domain_gap`: "none" or "palette", :func:`palette_shift`).
+    """`n` scenes of one synthetic stream, ready for SAM (`domain_gap`: "none" or "palette", :func:`palette_shift`;
+    `masks`: "all" or "objects", see the module's docstring).
 
     Attributes:
         inputs: (N, 3, S, S) float32, normalised (SAM pixel mean / std on 0-255) and zero-padded.
@@ -52,11 +70,14 @@ class PromptScenes:
     """
 
     def __init__(self, cfg: SamConfig, n: int, seed: int = 0, stream: str = "sam_train",
-                 min_area_frac: float = 0.004, domain_gap: str = "none", progress: bool = False) -> None:
+                 min_area_frac: float = 0.004, domain_gap: str = "none", masks: str = "all",
+                 progress: bool = False) -> None:
         from ...data.synthetic import synthesize
 
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if masks not in ("all", "objects"):
+            raise ValueError(f"masks must be 'all' or 'objects', got {masks!r}")
         self.cfg = cfg
         self.h, self.w = input_size_for(cfg)
         S = cfg.image_size
@@ -78,6 +99,9 @@ class PromptScenes:
             self.instances[i] = inst
             ids, counts = torch.unique(inst, return_counts=True)
             keep = counts >= min_area
+            if masks == "objects":
+                shell = shell_instances(inst, torch.from_numpy(s["label"].astype(np.int64)))
+                keep &= torch.tensor([k not in shell for k in ids.tolist()], dtype=torch.bool)
             self.masks.append(ids[keep].tolist())
             self.areas.append(counts[keep].double())
 

@@ -102,7 +102,7 @@ def export_shipped(source: str | os.PathLike, command: str, folder: str | os.Pat
     sam = build_sam(get_sam_config(pc.model))
     sam.load_state_dict({k: v.float() for k, v in half.items()})
     heldout = PromptScenes(get_sam_config(pc.model), pc.n_heldout, seed=pc.seed, stream="sam_heldout",
-                           min_area_frac=pc.min_area_frac, domain_gap=pc.domain_gap)
+                           min_area_frac=pc.min_area_frac, domain_gap=pc.domain_gap, masks=pc.masks)
     record = {
         "model": pc.model,
         "sha256": file_sha256(weights),
@@ -134,6 +134,10 @@ def shipped_matches_recipe(model: str = SHIPPED_CONFIG.model, folder: str | os.P
     record = json.loads(provenance.read_text())
     if record.get("recipe_version") != PRETRAIN_VERSION:
         return f"made by recipe version {record.get('recipe_version')}, the code is at {PRETRAIN_VERSION}"
-    if record.get("pretrain_config") != SHIPPED_CONFIG.to_dict():
+    try:
+        made_with = PretrainConfig.from_dict(record.get("pretrain_config") or {})
+    except (TypeError, ValueError) as e:
+        return f"its provenance's config is unreadable ({e})"
+    if made_with != SHIPPED_CONFIG:
         return "made with another config than SHIPPED_CONFIG"
     return None
