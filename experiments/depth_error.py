@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Where a finished run's depth error comes from (`tensoradapt.mtl.depth_error`): the absolute error, what a
 per-image scale or shift fit leaves of it, the per-image median's error, the scale bias, and the error of the
-truth itself at 1/4 and 1/8 of the resolution, on the run's validation split.
+truth itself at 1/2 and 1/8 of the resolution (mSAM's decoder output and token grids with 8-pixel patches), on
+the run's validation split. It evaluates in float32 on the CPU, so a run trained under bf16 autocast on a GPU
+reports an abs_err a little off its results.json.
 
     python experiments/depth_error.py runs/rank_ablation/cells/{frozen_rnone,tucker_r4-8-8,full_rnone}_s0
     python experiments/depth_error.py RUN_DIR --checkpoint last --threads 2
@@ -9,7 +11,9 @@ truth itself at 1/4 and 1/8 of the resolution, on the run's validation split.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -17,9 +21,9 @@ import torch
 from tensoradapt.mtl.depth_error import DepthErrorTask
 from tensoradapt.train.distributed import DistInfo
 from tensoradapt.train.evaluation import evaluate_tasks
-from tensoradapt.train.finetune import load_run
+from tensoradapt.train.finetune import RUN_CONFIG, load_run
 
-COLUMNS = ("abs_err", "scale_fit_err", "shift_fit_err", "median_err", "scale_ratio", "pool4_err", "pool8_err")
+COLUMNS = ("abs_err", "scale_fit_err", "shift_fit_err", "median_err", "scale_ratio", "pool2_err", "pool8_err")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,12 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| run | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS))
     for run in args.runs:
         try:
+            if not (Path(run) / RUN_CONFIG).is_file():
+                raise FileNotFoundError(f"{Path(run) / RUN_CONFIG} is missing: each RUN must be a sam_mtl.py output folder")
+            tasks = json.loads((Path(run) / RUN_CONFIG).read_text()).get("tasks") or ()
+            if "depth" not in tasks:
+                raise ValueError(f"{run} has no depth task ({', '.join(tasks)})")
             cfg, model, val = load_run(run, args.checkpoint)
-        except (FileNotFoundError, ValueError) as e:
+        except (OSError, ValueError) as e:
             print(f"depth_error.py: error: {e}", file=sys.stderr)
-            return 2
-        if "depth" not in cfg.tasks:
-            print(f"depth_error.py: error: {run} has no depth task ({', '.join(cfg.tasks)})", file=sys.stderr)
             return 2
         m = evaluate_tasks(model, {"depth": DepthErrorTask("depth", 1)}, val, batch_size=args.batch_size,
                            dist_info=DistInfo())

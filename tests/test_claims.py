@@ -2,6 +2,7 @@
 cell twice, a killed process's claim is gone with it, and a shard that finishes its share takes the rest."""
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -66,6 +67,7 @@ ra.write_outputs = lambda grid, out: []  # the fake cells below have no metrics 
 grid = ra.Grid(decomps=("lora",), levels={"lora": (2,)}, references=("frozen",), seeds=(0, 1, 2),
                baseline_level=2, run=dict(epochs=1, progress=False))
 out = Path(sys.argv[1])
+(out / f"ready-{os.getpid()}").touch()
 while not (out / "go").exists():  # both processes start the sweep at the same moment
     time.sleep(0.01)
 
@@ -84,9 +86,14 @@ def test_two_processes_racing_for_the_same_cells_run_each_once(tmp_path):
     out = tmp_path / "sweep"
     out.mkdir()
     procs = [subprocess.Popen([sys.executable, "-c", RACE, str(out)]) for _ in range(2)]
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("ready-*"))) < 2 and time.monotonic() < deadline:  # both imported, waiting
+        time.sleep(0.05)
     (out / "go").touch()
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    ran = [line.split()[0] for line in (out / "ran.txt").read_text().splitlines()]
+    lines = [line.split() for line in (out / "ran.txt").read_text().splitlines()]
+    ran = [name for name, _ in lines]
+    assert len({pid for _, pid in lines}) == 2  # both processes ran cells: they did compete
     grid = ra.Grid(decomps=("lora",), levels={"lora": (2,)}, references=("frozen",), seeds=(0, 1, 2),
                    baseline_level=2)
     assert sorted(ran) == sorted(c.name for c in grid.cells())  # every cell, none twice

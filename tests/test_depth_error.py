@@ -43,12 +43,22 @@ def test_a_shift_is_fitted_and_invalid_pixels_are_ignored():
 
 def test_pooled_truth_costs_nothing_on_a_constant_and_something_at_an_edge():
     flat = torch.full((1, 1, 8, 8), 3.0)
-    assert compute(flat, flat)["pool4_err"] == pytest.approx(0.0)
+    assert compute(flat, flat)["pool2_err"] == pytest.approx(0.0)
     step = flat.clone()
     step[..., 3:] = 6.0                              # an edge inside a 4-pixel block
     r = compute(step, step, pool=(1, 4))
     assert r["pool1_err"] == pytest.approx(0.0, abs=1e-12)  # factor 1 is the truth itself
     assert r["pool4_err"] > 0.1
+    half = flat.clone()
+    half[..., :4] = 0.0                              # the left half invalid: no zeros may leak into the right
+    r = compute(half, half, pool=(2, 4, 8))
+    assert r["pool2_err"] == r["pool4_err"] == r["pool8_err"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_negative_median_prediction_is_not_rescued_by_a_sign_flip():
+    gt = ramp()
+    r = compute(-gt, gt)
+    assert r["scale_fit_err"] == pytest.approx(r["abs_err"])
 
 
 def test_meters_merge_across_batches_and_ranks():
@@ -61,5 +71,6 @@ def test_meters_merge_across_batches_and_ranks():
     a.merge(b.state())
     assert a.compute() == pytest.approx(whole.compute())
     assert isinstance(DepthErrorTask("depth", 1).new_meter(), DepthErrorMeter)
-    with pytest.raises(ValueError, match="pool"):
-        DepthErrorMeter(pool=(0,))
+    for bad in ((0,), (2.5,)):
+        with pytest.raises(ValueError, match="pool factors"):
+            DepthErrorMeter(pool=bad)

@@ -238,3 +238,5 @@ def test_loss_traces_without_host_sync(name):
         assert torch.isfinite(want)
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(got_grad, want_grad)
+    if getattr(spec, "ignore_negative", True):  # a task that ignores pixels: none valid, no loss, no gradient
+        assert float(want.detach()) == 0.0 and not want_grad.any()

@@ -111,8 +111,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[FinetuneCon
     if checkpoint not in files:
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_CONFIG).is_file() or not (run_dir / files[checkpoint]).is_file():
-        raise FileNotFoundError(f"{run_dir} holds no {RUN_CONFIG} and {files[checkpoint]} of a sam_mtl.py run")
+    for name in (RUN_CONFIG, files[checkpoint]):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} is missing: run_dir must be a sam_mtl.py output folder")
     cfg = FinetuneConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()))
     model = build_model(cfg, resolve_checkpoint(cfg, main=False))
     load_trainable_state_dict(model, load_checkpoint(run_dir / files[checkpoint])["model"], str(run_dir))

@@ -4,7 +4,7 @@ Input: the scene rendered with its longest side at ``image_size`` (NYUv2's 3:4 a
 tiny config), normalised with SAM's pixel mean / std on the 0-255 scale and zero-padded bottom-right to a
 square, exactly as :meth:`Sam.preprocess` does. Masks: every instance covering at least ``min_area_frac`` of
 the image (walls, floor and ceiling included: SAM is class-agnostic), or with ``masks="objects"`` all but the
-room's shell (`SHELL_CLASSES`: an instance is shell when most of its labelled pixels are).
+room's shell (`SHELL_CLASSES`: an instance is shell when the most common class among its labelled pixels is).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm import tqdm  # not tqdm.auto: in notebooks that wants ipywidgets
 
 from ...sam import SamConfig
+from .config import MASK_SETS
 
 __all__ = ["NYU_ASPECT", "SHELL_CLASSES", "input_size_for", "palette_shift", "shell_instances", "PromptScenes"]
 
@@ -24,7 +25,8 @@ SHELL_CLASSES = ("wall", "floor", "ceiling")
 
 
 def shell_instances(instance: Tensor, label: Tensor) -> set[int]:
-    """Ids of the instances whose labelled pixels are mostly of a `SHELL_CLASSES` class: (h, w) int maps."""
+    """Ids of the instances whose most common class among their labelled pixels is a `SHELL_CLASSES` one;
+    instance, label: (h, w) integer maps (label -1: unlabelled)."""
     from ...data.synthetic.classes import CLASSES
 
     shell = torch.tensor([CLASSES.index(c) for c in SHELL_CLASSES])
@@ -76,8 +78,8 @@ class PromptScenes:
 
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        if masks not in ("all", "objects"):
-            raise ValueError(f"masks must be 'all' or 'objects', got {masks!r}")
+        if masks not in MASK_SETS:
+            raise ValueError(f"masks must be one of {MASK_SETS}, got {masks!r}")
         self.cfg = cfg
         self.h, self.w = input_size_for(cfg)
         S = cfg.image_size
