@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import math
 from pathlib import Path
 
@@ -177,6 +178,18 @@ def test_per_seed_sweeps_share_one_table_and_stale_cells_are_refused(tmp_path, m
     changed.run["epochs"] = 2
     with pytest.raises(finetune.UsageError, match=r"other settings \(epochs 1 -> 2\)"):
         ra.run_grid(changed, out, log=lambda *_: None, train_cell=toy_cell)
+    # the same settings on another foundation model (the shipped default changed): stale too
+    cell = next(iter(small_grid(mini_data, seeds=(0,)).cells()))
+    res_path = out / "cells" / cell.name / "results.json"
+    res = json.loads(res_path.read_text())
+    assert "checkpoint_sha256" in res and res["checkpoint_sha256"] is None  # --checkpoint none: random weights
+    res["checkpoint_sha256"] = "0123456789abcdef"
+    res_path.write_text(json.dumps(res))
+    with pytest.raises(finetune.UsageError, match="SAM checkpoint sha256 0123456789ab -> None"):
+        ra.run_grid(small_grid(mini_data, seeds=(0,)), out, log=lambda *_: None, train_cell=toy_cell)
+    del res["checkpoint_sha256"]  # recorded before the field existed: not judged on it
+    res_path.write_text(json.dumps(res))
+    ra.run_grid(small_grid(mini_data, seeds=(0,)), out, log=lambda *_: None, train_cell=toy_cell)
 
 
 def test_t_interval_matches_the_textbook_value():

@@ -374,6 +374,12 @@ def test_load_run_gives_back_the_trained_model(mini, tmp_path, capsys):
     assert other != pytest.approx(want, abs=1e-4)
     with pytest.raises(ValueError, match="checkpoint"):
         finetune.load_run(out, "final")
+    res = json.loads((out / "results.json").read_text())
+    assert res["checkpoint_sha256"] is None  # --checkpoint none
+    res["checkpoint_sha256"] = "0" * 64      # as if trained on another foundation model than its config gives now
+    (out / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="trained on the SAM checkpoint with sha256 0000"):
+        finetune.load_run(out, "last")
     with pytest.raises(FileNotFoundError, match="run_config"):
         finetune.load_run(tmp_path / "nothing")
     assert depth_error.main([str(tmp_path / "nothing")]) == 2

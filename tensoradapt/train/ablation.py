@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .._utils import atomic_write_json, atomic_write_text
 from ..sam import DECOMPS
 from .claims import claim, holder
-from .finetune import FinetuneConfig, UsageError, run
+from .finetune import FinetuneConfig, UsageError, checkpoint_sha256, resolve_checkpoint, run
 from .resume import LAST
 from .results import RESULTS
 
@@ -202,8 +202,14 @@ def cell_done(out: Path, cell: Cell) -> bool:
 def stale_settings(grid: Grid, out: Path, cell: Cell) -> list[str]:
     """Settings a finished cell was run with that differ from what the grid asks for now."""
     res = json.loads((Path(out) / "cells" / cell.name / RESULTS).read_text())
-    diffs = grid.experiment_config(cell, out).resume_differences(res.get("config", {}))
-    return [f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(diffs.items())]
+    cfg = grid.experiment_config(cell, out)
+    diffs = cfg.resume_differences(res.get("config", {}))
+    stale = [f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(diffs.items())]
+    if "checkpoint_sha256" in res:  # the same settings on another foundation model (e.g. a new shipped default)
+        now = checkpoint_sha256(resolve_checkpoint(cfg, main=False))
+        if res["checkpoint_sha256"] != now:
+            stale.append(f"SAM checkpoint sha256 {str(res['checkpoint_sha256'])[:12]} -> {str(now)[:12]}")
+    return stale
 
 
 def seeds_on_disk(out: Path) -> set[int]:

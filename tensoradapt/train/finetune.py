@@ -11,6 +11,7 @@ train_config.json, log.jsonl, last.pt / best.pt (trainable state only).
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -35,7 +36,8 @@ from .results import (
 
 __all__ = [
     "FinetuneConfig", "MSamOptions", "UsageError", "finetune_train_config", "run", "build_model", "ModelBuilder",
-    "build_datasets", "resolve_checkpoint", "resolve_data_root", "load_run", "RESULTS", "RUN_CONFIG",
+    "build_datasets", "resolve_checkpoint", "resolve_data_root", "load_run", "checkpoint_sha256", "RESULTS",
+    "RUN_CONFIG",
 ]
 
 
@@ -87,6 +89,23 @@ def build_model(cfg: FinetuneConfig, checkpoint: str | None) -> nn.Module:
 ModelBuilder = Callable[[FinetuneConfig, "str | None"], nn.Module]
 
 
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    from .pretrain.artifact import file_sha256
+
+    return file_sha256(path)
+
+
+def checkpoint_sha256(checkpoint: str | None) -> str | None:
+    """sha256 of the SAM checkpoint file a run starts from (None: random weights). A run records it in
+    results.json, so a later look at the run (`load_run`, a sweep's stale check) notices another foundation
+    model behind the same settings, e.g. after the shipped default changed."""
+    if checkpoint is None:
+        return None
+    st = Path(checkpoint).stat()
+    return _sha256(str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns)
+
+
 def build_datasets(cfg: FinetuneConfig, root: Path) -> tuple[Dataset, Dataset]:
     """(train, val) at `cfg.image_size` (default: the model's), cut to `train_size` / `val_size`, with the
     derived targets among `cfg.tasks` (`tensoradapt.data.derived`) computed per sample."""
@@ -115,7 +134,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[FinetuneCon
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} is missing: run_dir must be a sam_mtl.py output folder")
     cfg = FinetuneConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()))
-    model = build_model(cfg, resolve_checkpoint(cfg, main=False))
+    sam = resolve_checkpoint(cfg, main=False)
+    trained_on = json.loads((run_dir / RESULTS).read_text()).get("checkpoint_sha256", "") \
+        if (run_dir / RESULTS).is_file() else ""
+    if trained_on != "" and trained_on != checkpoint_sha256(sam):
+        raise ValueError(f"{run_dir} was trained on the SAM checkpoint with sha256 {trained_on}, but its config now "
+                         f"resolves to {sam} (sha256 {checkpoint_sha256(sam)}): pass that run's checkpoint "
+                         "explicitly")
+    model = build_model(cfg, sam)
     load_trainable_state_dict(model, load_checkpoint(run_dir / files[checkpoint])["model"], str(run_dir))
     _, val = build_datasets(cfg, resolve_data_root(cfg, main=False))
     return cfg, model.eval(), val
@@ -191,6 +217,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
         results = results_record(summary, tasks, config=cfg.to_dict(), counts=counts, baseline=cfg.baseline,
                                  log=out / "log.jsonl", setup_time=setup_time, device=info.device,
                                  world_size=info.world_size)
+        results["checkpoint_sha256"] = checkpoint_sha256(checkpoint)
         if hasattr(model, "msam_config"):
             results["msam_config"] = model.msam_config.to_dict()
         results["figures"] = _figures(cfg, model, tasks, val, out, info.device, ranks)
