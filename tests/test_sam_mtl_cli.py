@@ -383,3 +383,17 @@ def test_load_run_gives_back_the_trained_model(mini, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="run_config"):
         finetune.load_run(tmp_path / "nothing")
     assert depth_error.main([str(tmp_path / "nothing")]) == 2
+
+
+def test_checkpoint_sha256_names_a_file_or_a_folder_by_its_bytes(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"weights")
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "config.json").write_text("{}")
+    first = finetune.checkpoint_sha256(str(folder))
+    assert finetune.checkpoint_sha256(None) is None
+    assert finetune.checkpoint_sha256(str(tmp_path / "a.bin")) == __import__("hashlib").sha256(b"weights").hexdigest()
+    assert first == finetune.checkpoint_sha256(str(folder)) and len(first) == 64
+    (folder / "config.json").write_text('{"changed": 1}')
+    assert finetune.checkpoint_sha256(str(folder)) != first  # any file of the folder counts

@@ -12,6 +12,7 @@ train_config.json, log.jsonl, last.pt / best.pt (trainable state only).
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -97,13 +98,18 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def checkpoint_sha256(checkpoint: str | None) -> str | None:
-    """sha256 of the SAM checkpoint file a run starts from (None: random weights). A run records it in
-    results.json, so a later look at the run (`load_run`, a sweep's stale check) notices another foundation
-    model behind the same settings, e.g. after the shipped default changed."""
+    """sha256 of the SAM checkpoint a run starts from (None: random weights); for a folder (Hub-layout weights),
+    of its files' names and sha256s. A run records it in results.json, so a later look at the run (`load_run`, a
+    sweep's stale check) notices another foundation model behind the same settings, e.g. a new shipped default."""
     if checkpoint is None:
         return None
-    st = Path(checkpoint).stat()
-    return _sha256(str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns)
+    path = Path(checkpoint).resolve()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        listing = "".join(f"{p.relative_to(path)} {checkpoint_sha256(str(p))}\n" for p in files)
+        return hashlib.sha256(listing.encode()).hexdigest()
+    st = path.stat()
+    return _sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
 def build_datasets(cfg: FinetuneConfig, root: Path) -> tuple[Dataset, Dataset]:
@@ -191,6 +197,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
             except (ValueError, FileNotFoundError) as e:
                 raise UsageError(f"data: {str(e).splitlines()[0]}") from None
         barrier()
+    sam_sha256 = checkpoint_sha256(checkpoint) if main else None  # before training: a bad path fails now
     setup_time = time.perf_counter() - t_start
     counts = parameter_counts(model)
     ranks = rank_text(cfg.msam_config().ranks)  # the defaults resolved
@@ -217,7 +224,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
         results = results_record(summary, tasks, config=cfg.to_dict(), counts=counts, baseline=cfg.baseline,
                                  log=out / "log.jsonl", setup_time=setup_time, device=info.device,
                                  world_size=info.world_size)
-        results["checkpoint_sha256"] = checkpoint_sha256(checkpoint)
+        results["checkpoint_sha256"] = sam_sha256
         if hasattr(model, "msam_config"):
             results["msam_config"] = model.msam_config.to_dict()
         results["figures"] = _figures(cfg, model, tasks, val, out, info.device, ranks)
