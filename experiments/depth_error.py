@@ -11,9 +11,7 @@ reports an abs_err a little off its results.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -21,7 +19,7 @@ import torch
 from tensoradapt.mtl.depth_error import DepthErrorTask
 from tensoradapt.train.distributed import DistInfo
 from tensoradapt.train.evaluation import evaluate_tasks
-from tensoradapt.train.finetune import RUN_CONFIG, load_run
+from tensoradapt.train.finetune import load_run, read_run_config
 
 COLUMNS = ("abs_err", "scale_fit_err", "shift_fit_err", "median_err", "scale_ratio", "pool2_err", "pool8_err")
 
@@ -37,12 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| run | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS))
     for run in args.runs:
         try:
-            if not (Path(run) / RUN_CONFIG).is_file():
-                raise FileNotFoundError(f"{Path(run) / RUN_CONFIG} is missing: each RUN must be a sam_mtl.py output folder")
-            tasks = json.loads((Path(run) / RUN_CONFIG).read_text()).get("tasks") or ()
+            tasks = read_run_config(run).tasks  # checked before the model is built
             if "depth" not in tasks:
                 raise ValueError(f"{run} has no depth task ({', '.join(tasks)})")
-            cfg, model, val = load_run(run, args.checkpoint)
+            _, model, val = load_run(run, args.checkpoint)
         except (OSError, ValueError) as e:
             print(f"depth_error.py: error: {e}", file=sys.stderr)
             return 2

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .._utils import atomic_write_json, atomic_write_text
 from ..sam import DECOMPS
 from .claims import claim, holder
-from .finetune import FinetuneConfig, UsageError, checkpoint_sha256, resolve_checkpoint, run
+from .finetune import FinetuneConfig, UsageError, checkpoint_change, run
 from .resume import LAST
 from .results import RESULTS
 
@@ -205,10 +205,9 @@ def stale_settings(grid: Grid, out: Path, cell: Cell) -> list[str]:
     cfg = grid.experiment_config(cell, out)
     diffs = cfg.resume_differences(res.get("config", {}))
     stale = [f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(diffs.items())]
-    if "checkpoint_sha256" in res:  # the same settings on another foundation model (e.g. a new shipped default)
-        now = checkpoint_sha256(resolve_checkpoint(cfg, main=False))
-        if res["checkpoint_sha256"] != now:
-            stale.append(f"SAM checkpoint sha256 {str(res['checkpoint_sha256'])[:12]} -> {str(now)[:12]}")
+    changed = checkpoint_change(cfg, res)  # the same settings on another foundation model (a new shipped default)
+    if changed:
+        stale.append(f"SAM checkpoint sha256 {str(changed[0])[:12]} -> {str(changed[1])[:12]}")
     return stale
 
 

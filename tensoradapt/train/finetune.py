@@ -37,8 +37,8 @@ from .results import (
 
 __all__ = [
     "FinetuneConfig", "MSamOptions", "UsageError", "finetune_train_config", "run", "build_model", "ModelBuilder",
-    "build_datasets", "resolve_checkpoint", "resolve_data_root", "load_run", "checkpoint_sha256", "RESULTS",
-    "RUN_CONFIG",
+    "build_datasets", "resolve_checkpoint", "resolve_data_root", "read_run_config", "load_run", "checkpoint_sha256",
+    "checkpoint_change", "RESULTS", "RUN_CONFIG",
 ]
 
 
@@ -129,6 +129,23 @@ def build_datasets(cfg: FinetuneConfig, root: Path) -> tuple[Dataset, Dataset]:
     return train, val
 
 
+def read_run_config(run_dir: str | Path) -> FinetuneConfig:
+    """The config a `run` recorded in `run_dir` (run_config.json)."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run_dir must be a sam_mtl.py output folder")
+    return FinetuneConfig.from_dict(json.loads(path.read_text()))
+
+
+def checkpoint_change(cfg: FinetuneConfig, results: Mapping[str, Any]) -> tuple[str | None, str | None] | None:
+    """(recorded, now): the sha256 of the SAM checkpoint a run's `results` (results.json) recorded and of the one
+    `cfg` resolves to now, when they differ; None when they agree or the record predates the field."""
+    if "checkpoint_sha256" not in results:
+        return None
+    now = checkpoint_sha256(resolve_checkpoint(cfg, main=False))
+    return None if results["checkpoint_sha256"] == now else (results["checkpoint_sha256"], now)
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[FinetuneConfig, nn.Module, Dataset]:
     """(config, model in eval mode, validation split) of a `run` in `run_dir`: the model its run_config.json
     describes, frozen weights from that config's SAM checkpoint, trainable ones from best.pt or last.pt."""
@@ -136,17 +153,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[FinetuneCon
     if checkpoint not in files:
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     run_dir = Path(run_dir)
-    for name in (RUN_CONFIG, files[checkpoint]):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name} is missing: run_dir must be a sam_mtl.py output folder")
-    cfg = FinetuneConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()))
+    cfg = read_run_config(run_dir)
+    if not (run_dir / files[checkpoint]).is_file():
+        raise FileNotFoundError(f"{run_dir / files[checkpoint]} is missing: run_dir must be a sam_mtl.py output folder")
     sam = resolve_checkpoint(cfg, main=False)
-    trained_on = json.loads((run_dir / RESULTS).read_text()).get("checkpoint_sha256", "") \
-        if (run_dir / RESULTS).is_file() else ""
-    if trained_on != "" and trained_on != checkpoint_sha256(sam):
-        raise ValueError(f"{run_dir} was trained on the SAM checkpoint with sha256 {trained_on}, but its config now "
-                         f"resolves to {sam} (sha256 {checkpoint_sha256(sam)}): pass that run's checkpoint "
-                         "explicitly")
+    changed = (run_dir / RESULTS).is_file() and checkpoint_change(cfg, json.loads((run_dir / RESULTS).read_text()))
+    if changed:
+        raise ValueError(f"{run_dir} was trained on the SAM checkpoint with sha256 {changed[0]}, but its config now "
+                         f"resolves to {sam} (sha256 {changed[1]}): pass that run's checkpoint explicitly")
     model = build_model(cfg, sam)
     load_trainable_state_dict(model, load_checkpoint(run_dir / files[checkpoint])["model"], str(run_dir))
     _, val = build_datasets(cfg, resolve_data_root(cfg, main=False))
