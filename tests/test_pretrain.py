@@ -204,6 +204,9 @@ def test_evaluation_is_deterministic():
     b = evaluate_prompted_iou(sam, data, masks_per_scene=3)
     assert a == b and a["n_masks"] == 6
     assert 0.3 < a["box_fill_iou"] <= 1.0
+    # the paired gain over the box itself is over the same masks: its mean is the difference of the means
+    assert a["box_gain"] == pytest.approx(a["box_iou"] - a["box_fill_iou"], abs=1e-6)
+    assert 0.0 < a["box_gain_ci95"] < 2.0
 
 
 def test_config_and_cli_errors(tmp_path, capsys):

@@ -23,8 +23,12 @@ def evaluate_prompted_iou(sam: nn.Module, data: PromptScenes, masks_per_scene: i
     (single-mask output) and (b) one positive point at the mask's most interior pixel (three outputs;
     the one with the highest predicted IoU is kept, as SAM's predictor does; ``point_iou_best_of_3`` is
     the oracle choice). IoU of the thresholded (logit > 0) mask at the input resolution.
-    ``box_fill_iou`` is the reference "predict the box itself". Returns those four means and ``n_masks``.
+    ``box_fill_iou`` is the reference "predict the box itself". Returns those four means, ``n_masks``, and
+    ``box_gain`` / ``box_gain_ci95``: the mean of the per-mask paired difference box IoU - box-itself IoU and
+    the half-width of its 95 % t-interval (masks of one scene are treated as independent pairs).
     """
+    from ..ablation import t_interval
+
     was_training = sam.training
     sam.eval()
     box_ious: list[Tensor] = []
@@ -59,8 +63,10 @@ def evaluate_prompted_iou(sam: nn.Module, data: PromptScenes, masks_per_scene: i
     def mean(v: list[Tensor]) -> float:
         return float(torch.cat(v).mean()) if v else float("nan")
 
+    gain = (torch.cat(box_ious) - torch.cat(fill_ious)).tolist() if box_ious else []
     return {"box_iou": mean(box_ious), "point_iou": mean(point_ious), "point_iou_best_of_3": mean(point_oracle),
-            "box_fill_iou": mean(fill_ious), "n_masks": int(sum(len(v) for v in box_ious))}
+            "box_fill_iou": mean(fill_ious), "n_masks": len(gain),
+            "box_gain": sum(gain) / len(gain) if gain else float("nan"), "box_gain_ci95": t_interval(gain)}
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -76,4 +82,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         v = r[name]
         lines.append(f"  {name:<12} {v['box_iou']:7.3f} {v['point_iou']:7.3f} {v['point_iou_best_of_3']:17.3f}")
     lines.append(f"  {'box itself':<12} {r['pretrained']['box_fill_iou']:7.3f}")
+    if "box_gain" in r["pretrained"]:
+        lines.append(f"  box prompt - box itself: {r['pretrained']['box_gain']:+.3f} +- "
+                     f"{r['pretrained']['box_gain_ci95']:.3f} (95 %, paired over masks)")
     return "\n".join(lines)
