@@ -195,6 +195,22 @@ def test_training_reduces_the_loss(one_thread):
     assert after < 0.85 * before, (before, after)
 
 
+def test_the_report_names_the_code_revision_the_run_started_on(tmp_path, monkeypatch):
+    from tensoradapt.train.pretrain import loop
+
+    tree = {"rev": "abc123"}
+    monkeypatch.setattr(loop, "code_revision", lambda: tree["rev"])
+    train = loop._train
+
+    def commit_meanwhile(*args, **kwargs):  # the work tree moves on while the run trains
+        tree["rev"] = "def456+dirty"
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train", commit_meanwhile)
+    report = pretrain_tiny_sam(tmp_path / "tiny.pth", PretrainConfig(steps=1, warmup_steps=1, **FAST), progress=False)
+    assert report["code_revision"] == "abc123"
+
+
 def test_evaluation_is_deterministic():
     cfg = get_sam_config("tiny")
     data = PromptScenes(cfg, 2, seed=3, stream="sam_heldout")

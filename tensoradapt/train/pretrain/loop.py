@@ -116,6 +116,7 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
     out_path = Path(out_path)
     cfg = get_sam_config(pc.model)
     t0 = time.perf_counter()
+    revision = code_revision()  # the code that trains, not whatever the work tree holds an hour later
     with single_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(pc.seed)
         sam = build_sam(cfg).to(device)
@@ -140,7 +141,7 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
         "steps": pc.steps,
         "torch_threads": 1,
         "torch_version": torch.__version__,
-        "code_revision": code_revision(),
+        "code_revision": revision,
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "input_hw": [data.h, data.w],
         "n_train_scenes": len(data),
