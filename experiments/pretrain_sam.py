@@ -2,8 +2,9 @@
 
     python experiments/pretrain_sam.py                  # the default config: what the experiments build on first use
     python experiments/pretrain_sam.py --steps 6000     # a longer run, to its own file in the cache
-    python experiments/pretrain_sam.py --model tiny_p8 --steps 8000 --n-scenes 1000 --masks objects
-                                                        # object masks only: the room's shell is never a target
+    python experiments/pretrain_sam.py --model tiny_p8 --steps 16000 --n-scenes 1000 --masks objects --n-heldout 200 --ship
+                                                        # the shipped foundation model (an hour on one core):
+                                                        # object masks only, the room's shell is never a target
 
 A fixed number of steps with a seed: the same arguments give the same checkpoint bytes on every machine of
 a kind. Writes the official-format state dict (loads like sam_vit_b_01ec64.pth) atomically to --out
