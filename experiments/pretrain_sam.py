@@ -5,6 +5,8 @@
     python experiments/pretrain_sam.py --model tiny_p8 --steps 16000 --n-scenes 1000 --masks objects --n-heldout 200 --ship
                                                         # the shipped foundation model (an hour on one core):
                                                         # object masks only, the room's shell is never a target
+    python experiments/pretrain_sam.py --model tiny_p8 --masks objects --n-heldout 200 --evaluate CKPT
+                                                        # no training: an existing checkpoint's held-out IoUs
 
 A fixed number of steps with a seed: the same arguments give the same checkpoint bytes on every machine of
 a kind. Writes the official-format state dict (loads like sam_vit_b_01ec64.pth) atomically to --out
@@ -20,7 +22,8 @@ import sys
 from pathlib import Path
 
 from tensoradapt.train.pretrain import (
-    DOMAIN_GAPS, MASK_SETS, PretrainConfig, default_tiny_sam_path, export_shipped, format_report, pretrain_tiny_sam, shipped_paths,
+    DOMAIN_GAPS, MASK_SETS, PretrainConfig, default_tiny_sam_path, evaluate_checkpoint, export_shipped, format_report,
+    pretrain_tiny_sam, shipped_paths,
 )
 
 
@@ -45,6 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help=f"checkpoint path (default: the config's cache path, {default_tiny_sam_path().name} "
                          "for the default config)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
+                    help="no training: print the held-out IoUs of an existing checkpoint (.pth or .safetensors) on "
+                         "this config's held-out scenes (--model, --masks, --domain-gap, --n-heldout, --seed)")
     ap.add_argument("--ship", action="store_true",
                     help="then write the fp16 copy and its provenance into tensoradapt/assets/ (the shipped checkpoint)")
     args = ap.parse_args(argv)
@@ -54,6 +60,16 @@ def main(argv: list[str] | None = None) -> dict:
                              n_scenes=args.n_scenes, n_heldout=args.n_heldout)
     except ValueError as e:
         ap.error(str(e))
+    if args.evaluate is not None:
+        if not Path(args.evaluate).exists():
+            ap.error(f"--evaluate: no checkpoint at {args.evaluate}")
+        iou = evaluate_checkpoint(args.evaluate, cfg)
+        print(f"{args.evaluate}: held-out prompted-mask IoU on {iou['n_masks']} masks of {cfg.n_heldout} scenes "
+              f"(masks={cfg.masks}, domain_gap={cfg.domain_gap})")
+        print(f"  box {iou['box_iou']:.4f}  point {iou['point_iou']:.4f}  point(best of 3) "
+              f"{iou['point_iou_best_of_3']:.4f}  box itself {iou['box_fill_iou']:.4f}")
+        print(f"  box prompt - box itself: {iou['box_gain']:+.4f} +- {iou['box_gain_ci95']:.4f} (95 %, paired over masks)")
+        return iou
     out = args.out if args.out is not None else default_tiny_sam_path(cfg)
     report = pretrain_tiny_sam(out, cfg, progress=not args.no_progress, device=args.device)
     print(format_report(report))

@@ -13,6 +13,7 @@ from tensoradapt.train.pretrain import (
     PretrainConfig,
     PromptScenes,
     dice_loss,
+    evaluate_checkpoint,
     evaluate_prompted_iou,
     focal_loss,
     load_sam_checkpoint,
@@ -209,6 +210,27 @@ def test_the_report_names_the_code_revision_the_run_started_on(tmp_path, monkeyp
     monkeypatch.setattr(loop, "_train", commit_meanwhile)
     report = pretrain_tiny_sam(tmp_path / "tiny.pth", PretrainConfig(steps=1, warmup_steps=1, **FAST), progress=False)
     assert report["code_revision"] == "abc123"
+
+
+def test_evaluating_a_finished_checkpoint_reproduces_its_report(tmp_path, capsys):
+    pc = PretrainConfig(steps=2, seed=1, warmup_steps=1, masks="objects", **FAST)
+    out = tmp_path / "tiny.pth"
+    report = pretrain_tiny_sam(out, pc, progress=False)
+    # the same held-out scenes (stream, seed, mask set) and the same weights: the same numbers, without training
+    assert evaluate_checkpoint(str(out), pc) == report["heldout_iou"]["pretrained"]
+    # and the CLI: the config's flags pick the held-out scenes (its default 8 masks a scene), a missing file is
+    # refused by name
+    spec = importlib.util.spec_from_file_location(
+        "pretrain_sam_cli", Path(__file__).parents[1] / "experiments" / "pretrain_sam.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    flags = ["--seed", "1", "--masks", "objects", "--n-heldout", "2"]
+    iou = cli.main([*flags, "--evaluate", str(out)])
+    assert iou == evaluate_checkpoint(str(out), PretrainConfig(seed=1, masks="objects", n_heldout=2))
+    assert "box prompt - box itself" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main([*flags, "--evaluate", str(tmp_path / "missing.pth")])
+    assert "--evaluate: no checkpoint at" in capsys.readouterr().err
 
 
 def test_evaluation_is_deterministic():

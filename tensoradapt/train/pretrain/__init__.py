@@ -14,7 +14,7 @@ scenes with instance masks), `prompts` (boxes and points from masks), `losses` (
 from .artifact import load_sam_checkpoint, read_report, report_path, write_checkpoint
 from .build import checkpoint_mismatch, default_tiny_sam_path, ensure_tiny_sam_checkpoint
 from .config import DEFAULT_STEPS, DOMAIN_GAPS, MASK_SETS, PRETRAIN_VERSION, PretrainConfig
-from .evaluate import evaluate_prompted_iou, format_report
+from .evaluate import evaluate_checkpoint, evaluate_prompted_iou, format_report, heldout_scenes
 from .loop import pretrain_tiny_sam
 from .losses import dice_loss, focal_loss, mask_iou
 from .scenes import SHELL_CLASSES, PromptScenes, input_size_for, palette_shift, shell_instances
@@ -25,7 +25,7 @@ from .shipped import (
 __all__ = [
     "PRETRAIN_VERSION", "DEFAULT_STEPS", "DOMAIN_GAPS", "MASK_SETS", "PretrainConfig", "PromptScenes",
     "SHELL_CLASSES", "shell_instances", "input_size_for", "palette_shift", "pretrain_tiny_sam",
-    "evaluate_prompted_iou", "format_report", "default_tiny_sam_path", "ensure_tiny_sam_checkpoint",
+    "evaluate_prompted_iou", "evaluate_checkpoint", "heldout_scenes", "format_report", "default_tiny_sam_path", "ensure_tiny_sam_checkpoint",
     "checkpoint_mismatch", "load_sam_checkpoint", "write_checkpoint", "read_report", "report_path",
     "focal_loss", "dice_loss", "mask_iou", "SHIPPED_CONFIG", "ShippedCheckpointError", "export_shipped",
     "shipped_checkpoint", "shipped_paths", "pretrained_checkpoint",

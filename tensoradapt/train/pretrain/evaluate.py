@@ -1,4 +1,5 @@
-"""Held-out prompted-mask IoU of a SAM (deterministic prompts), and the report's table."""
+"""Held-out prompted-mask IoU of a SAM (deterministic prompts), the held-out scenes a pretraining config is judged
+on, and the report's table."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -6,12 +7,20 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from ...sam import build_sam, get_sam_config
+from .config import PretrainConfig
 from .decode import decode_prompts, to_input_frame
 from .losses import mask_iou
 from .prompts import box_masks, interior_points, mask_boxes
 from .scenes import PromptScenes
 
-__all__ = ["evaluate_prompted_iou", "format_report"]
+__all__ = ["evaluate_prompted_iou", "heldout_scenes", "evaluate_checkpoint", "format_report"]
+
+
+def heldout_scenes(pc: PretrainConfig) -> PromptScenes:
+    """The held-out scenes `pc` is judged on: its own stream, seed, mask set and domain gap, `pc.n_heldout` scenes."""
+    return PromptScenes(get_sam_config(pc.model), pc.n_heldout, seed=pc.seed, stream="sam_heldout",
+                        min_area_frac=pc.min_area_frac, domain_gap=pc.domain_gap, masks=pc.masks)
 
 
 @torch.no_grad()
@@ -67,6 +76,17 @@ def evaluate_prompted_iou(sam: nn.Module, data: PromptScenes, masks_per_scene: i
     return {"box_iou": mean(box_ious), "point_iou": mean(point_ious), "point_iou_best_of_3": mean(point_oracle),
             "box_fill_iou": mean(fill_ious), "n_masks": len(gain),
             "box_gain": sum(gain) / len(gain) if gain else float("nan"), "box_gain_ci95": t_interval(gain)}
+
+
+def evaluate_checkpoint(path: str, pc: PretrainConfig) -> dict[str, float]:
+    """:func:`evaluate_prompted_iou` of an existing checkpoint of `pc.model` (official-format ``.pth`` or
+    ``.safetensors``, loaded strictly in fp32) on :func:`heldout_scenes` of `pc`, without training."""
+    from ...sam.weights import read_sam_checkpoint
+
+    state, _ = read_sam_checkpoint(path)
+    sam = build_sam(get_sam_config(pc.model))
+    sam.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    return evaluate_prompted_iou(sam, heldout_scenes(pc), pc.eval_masks_per_scene)
 
 
 def format_report(report: Mapping[str, Any]) -> str:

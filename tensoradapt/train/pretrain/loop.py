@@ -33,7 +33,7 @@ from ..optim import build_optimizer, no_decay_1d, param_groups
 from ..schedule import build_scheduler
 from .artifact import CHECKPOINT_FORMAT, code_revision, report_path, write_checkpoint
 from .config import PRETRAIN_VERSION, PretrainConfig
-from .evaluate import evaluate_prompted_iou
+from .evaluate import evaluate_prompted_iou, heldout_scenes
 from .objective import prompted_mask_loss
 from .scenes import PromptScenes
 
@@ -122,8 +122,7 @@ def pretrain_tiny_sam(out_path: str | os.PathLike, config: PretrainConfig | None
         sam = build_sam(cfg).to(device)
         data = PromptScenes(cfg, pc.n_scenes, seed=pc.seed, stream="sam_train", min_area_frac=pc.min_area_frac,
                             domain_gap=pc.domain_gap, masks=pc.masks, progress=progress)
-        heldout = PromptScenes(cfg, pc.n_heldout, seed=pc.seed, stream="sam_heldout",
-                               min_area_frac=pc.min_area_frac, domain_gap=pc.domain_gap, masks=pc.masks)
+        heldout = heldout_scenes(pc)
         random_init = evaluate_prompted_iou(sam, heldout, pc.eval_masks_per_scene)
         t_train = time.perf_counter()
         history = _train(sam, data, pc, progress)

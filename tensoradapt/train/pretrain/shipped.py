@@ -25,8 +25,7 @@ from ...sam import get_sam_config
 from .artifact import code_revision, file_sha256, read_report
 from .build import ensure_tiny_sam_checkpoint
 from .config import PRETRAIN_VERSION, PretrainConfig
-from .evaluate import evaluate_prompted_iou
-from .scenes import PromptScenes
+from .evaluate import evaluate_prompted_iou, heldout_scenes
 
 __all__ = ["ASSETS", "SHIPPED_CONFIG", "ShippedCheckpointError", "shipped_paths", "shipped_checkpoint",
            "pretrained_checkpoint", "export_shipped"]
@@ -103,8 +102,7 @@ def export_shipped(source: str | os.PathLike, command: str, folder: str | os.Pat
         save_file(half, str(tmp), metadata={"format": "official SAM state dict, fp16", "model": pc.model})
     sam = build_sam(get_sam_config(pc.model))
     sam.load_state_dict({k: v.float() for k, v in half.items()})
-    heldout = PromptScenes(get_sam_config(pc.model), pc.n_heldout, seed=pc.seed, stream="sam_heldout",
-                           min_area_frac=pc.min_area_frac, domain_gap=pc.domain_gap, masks=pc.masks)
+    heldout = heldout_scenes(pc)
     record = {
         "model": pc.model,
         "sha256": file_sha256(weights),
