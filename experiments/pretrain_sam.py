@@ -5,8 +5,9 @@
     python experiments/pretrain_sam.py --model tiny_p8 --steps 16000 --n-scenes 1000 --masks objects --n-heldout 200 --ship
                                                         # the shipped foundation model (an hour on one core):
                                                         # object masks only, the room's shell is never a target
-    python experiments/pretrain_sam.py --model tiny_p8 --masks objects --n-heldout 200 --evaluate CKPT
-                                                        # no training: an existing checkpoint's held-out IoUs
+    python experiments/pretrain_sam.py --evaluate tensoradapt/assets/tiny_p8_sam.safetensors
+                                                        # no training: a checkpoint's held-out IoUs, on the
+                                                        # scenes of the config recorded beside it
 
 A fixed number of steps with a seed: the same arguments give the same checkpoint bytes on every machine of
 a kind. Writes the official-format state dict (loads like sam_vit_b_01ec64.pth) atomically to --out
@@ -18,6 +19,7 @@ random-init tiny SAM and the box itself. The recipe: tensoradapt/train/pretrain/
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from tensoradapt.train.pretrain import (
     DOMAIN_GAPS, MASK_SETS, PretrainConfig, default_tiny_sam_path, evaluate_checkpoint, export_shipped, format_report,
     pretrain_tiny_sam, shipped_paths,
 )
+from tensoradapt.train.pretrain.artifact import read_report
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
                     help="no training: print the held-out IoUs of an existing checkpoint (.pth or .safetensors) on "
-                         "this config's held-out scenes (--model, --masks, --domain-gap, --n-heldout, --seed)")
+                         "the held-out scenes of the config recorded beside it (its report or provenance JSON); "
+                         "--model, --masks, --domain-gap, --seed, --n-heldout given here replace the recorded ones")
     ap.add_argument("--ship", action="store_true",
                     help="then write the fp16 copy and its provenance into tensoradapt/assets/ (the shipped checkpoint)")
     args = ap.parse_args(argv)
@@ -61,15 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:
         ap.error(str(e))
     if args.evaluate is not None:
-        if not Path(args.evaluate).exists():
-            ap.error(f"--evaluate: no checkpoint at {args.evaluate}")
-        iou = evaluate_checkpoint(args.evaluate, cfg)
-        print(f"{args.evaluate}: held-out prompted-mask IoU on {iou['n_masks']} masks of {cfg.n_heldout} scenes "
-              f"(masks={cfg.masks}, domain_gap={cfg.domain_gap})")
-        print(f"  box {iou['box_iou']:.4f}  point {iou['point_iou']:.4f}  point(best of 3) "
-              f"{iou['point_iou_best_of_3']:.4f}  box itself {iou['box_fill_iou']:.4f}")
-        print(f"  box prompt - box itself: {iou['box_gain']:+.4f} +- {iou['box_gain_ci95']:.4f} (95 %, paired over masks)")
-        return iou
+        return _evaluate(ap, args, cfg, argv if argv is not None else sys.argv[1:])
     out = args.out if args.out is not None else default_tiny_sam_path(cfg)
     report = pretrain_tiny_sam(out, cfg, progress=not args.no_progress, device=args.device)
     print(format_report(report))
@@ -78,6 +74,37 @@ def main(argv: list[str] | None = None) -> dict:
         record = export_shipped(out, command="python experiments/pretrain_sam.py " + " ".join(argv or sys.argv[1:]))
         print(f"shipped:    {shipped_paths(cfg.model)[0]} (fp16, sha256 {record['sha256']})")
     return report
+
+
+#: the config fields that pick the held-out scenes and the architecture (`--evaluate`)
+EVAL_FIELDS = ("model", "masks", "domain_gap", "seed", "n_heldout")
+
+
+def _evaluate(ap: argparse.ArgumentParser, args: argparse.Namespace, flags: PretrainConfig, argv: list[str]) -> dict:
+    """--evaluate: the checkpoint's recorded config, with the evaluation flags given on the command line on top."""
+    path = Path(args.evaluate)
+    if args.ship or args.out is not None:
+        ap.error("--evaluate trains nothing: it cannot be combined with --ship or --out")
+    if not path.is_file():
+        ap.error(f"--evaluate: no checkpoint at {path}")
+    record, provenance = read_report(path), path.with_suffix(".provenance.json")  # a run's report, a shipped file's
+    if record is None and provenance.is_file():
+        record = json.loads(provenance.read_text())
+    cfg = PretrainConfig.from_dict(record["pretrain_config"]) if record and "pretrain_config" in record else flags
+    given = {a.dest for a in ap._actions for opt in a.option_strings
+             if any(t == opt or t.startswith(opt + "=") for t in argv)}
+    cfg = cfg.replace(**{k: getattr(flags, k) for k in EVAL_FIELDS if k in given})
+    try:
+        iou = evaluate_checkpoint(path, cfg)
+    except RuntimeError as e:
+        ap.error(f"--evaluate: {path} does not load into a {cfg.model!r} SAM (--model): {str(e).splitlines()[0]}")
+    source = "the config recorded beside it" if record else "the command line's config (no record beside it)"
+    print(f"{path}: held-out prompted-mask IoU on {iou['n_masks']} masks of {iou['n_scenes']} scenes, "
+          f"{source}: " + ", ".join(f"{k}={getattr(cfg, k)}" for k in EVAL_FIELDS))
+    print(f"  box {iou['box_iou']:.4f}  point {iou['point_iou']:.4f}  point(best of 3) "
+          f"{iou['point_iou_best_of_3']:.4f}  box itself {iou['box_fill_iou']:.4f}")
+    print(f"  box prompt - box itself: {iou['box_gain']:+.4f} +- {iou['box_gain_ci95']:.4f} (95 %, paired, over scenes)")
+    return iou
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from tensoradapt.train.pretrain import (
 from tensoradapt.train.pretrain.objective import prompted_mask_loss
 from tensoradapt.train.pretrain.prompts import box_masks, interior_points, jitter_boxes, mask_boxes, random_points
 from tensoradapt.train.schedule import lr_factor
+from tensoradapt.train.stats import t_interval
 
 FAST = dict(n_scenes=4, n_heldout=2, batch_size=2, masks_per_image=2, eval_masks_per_scene=2)
 
@@ -218,19 +219,22 @@ def test_evaluating_a_finished_checkpoint_reproduces_its_report(tmp_path, capsys
     report = pretrain_tiny_sam(out, pc, progress=False)
     # the same held-out scenes (stream, seed, mask set) and the same weights: the same numbers, without training
     assert evaluate_checkpoint(str(out), pc) == report["heldout_iou"]["pretrained"]
-    # and the CLI: the config's flags pick the held-out scenes (its default 8 masks a scene), a missing file is
-    # refused by name
+    # and the CLI: the config recorded beside the checkpoint picks the held-out scenes, a flag given replaces it
     spec = importlib.util.spec_from_file_location(
         "pretrain_sam_cli", Path(__file__).parents[1] / "experiments" / "pretrain_sam.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    flags = ["--seed", "1", "--masks", "objects", "--n-heldout", "2"]
-    iou = cli.main([*flags, "--evaluate", str(out)])
-    assert iou == evaluate_checkpoint(str(out), PretrainConfig(seed=1, masks="objects", n_heldout=2))
+    assert cli.main(["--evaluate", str(out)]) == report["heldout_iou"]["pretrained"]
     assert "box prompt - box itself" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        cli.main([*flags, "--evaluate", str(tmp_path / "missing.pth")])
-    assert "--evaluate: no checkpoint at" in capsys.readouterr().err
+    three = cli.main(["--evaluate", str(out), "--n-heldout", "3"])
+    assert three["n_scenes"] == 3 and three == evaluate_checkpoint(str(out), pc.replace(n_heldout=3))
+    for bad, message in ((["--evaluate", str(tmp_path / "missing.pth")], "--evaluate: no checkpoint at"),
+                         (["--evaluate", str(out), "--ship"], "cannot be combined with --ship"),
+                         (["--evaluate", str(out), "--model", "tiny_p8"], "does not load into a 'tiny_p8' SAM (--model)")):
+        with pytest.raises(SystemExit):
+            cli.main(bad)
+        assert message in capsys.readouterr().err, bad
+
 
 
 def test_evaluation_is_deterministic():
@@ -242,9 +246,12 @@ def test_evaluation_is_deterministic():
     b = evaluate_prompted_iou(sam, data, masks_per_scene=3)
     assert a == b and a["n_masks"] == 6
     assert 0.3 < a["box_fill_iou"] <= 1.0
-    # the paired gain over the box itself is over the same masks: its mean is the difference of the means
-    assert a["box_gain"] == pytest.approx(a["box_iou"] - a["box_fill_iou"], abs=1e-6)
-    assert 0.0 < a["box_gain_ci95"] < 2.0
+    # the paired gain over the box itself: a mean per scene, then the interval over scenes (not over masks,
+    # which share their scene's image); scene 0 alone gives the first scene's gain
+    first = evaluate_prompted_iou(sam, PromptScenes(cfg, 1, seed=3, stream="sam_heldout"), masks_per_scene=3)
+    gains = [first["box_gain"], 2 * a["box_gain"] - first["box_gain"]]
+    assert a["n_scenes"] == 2 and a["box_gain_ci95"] == pytest.approx(t_interval(gains))
+    assert first["box_gain"] == pytest.approx(first["box_iou"] - first["box_fill_iou"], abs=1e-6)
 
 
 def test_config_and_cli_errors(tmp_path, capsys):

@@ -30,6 +30,7 @@ from .claims import claim, holder
 from .finetune import FinetuneConfig, UsageError, checkpoint_change, run
 from .resume import LAST
 from .results import RESULTS
+from .stats import t_interval
 
 __all__ = [
     "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "cell_done", "stale_settings", "seeds_on_disk",
@@ -370,16 +371,6 @@ def metric_columns(rows: Iterable[dict]) -> list[str]:
 #: the paired differences (per seed, against a reference cell of the same seed and task set) that get a 95 %
 #: interval; delta_m_vs_k0: against the same method without a trunk
 PAIRED_COLUMNS = ("delta_m", "delta_m_vs_frozen", "delta_m_vs_k0")
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> float:
-    """Half-width of the Student-t confidence interval of the mean of `values` (nan for fewer than 2)."""
-    from scipy.stats import t
-
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    return float(t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / n ** 0.5
 
 
 def summarize(rows: list[dict]) -> list[dict[str, Any]]:

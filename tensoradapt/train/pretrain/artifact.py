@@ -63,10 +63,13 @@ def read_report(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def load_sam_checkpoint(path: str | os.PathLike, model: str | SamConfig = "tiny") -> nn.Module:
-    """Build the original SAM for `model` and load an official-format checkpoint into it (strict)."""
+    """Build the original SAM for `model` and load an official-format checkpoint (``.pth`` or ``.safetensors``,
+    fp16 weights cast to fp32) into it, strictly."""
+    from ...sam.weights import read_sam_checkpoint
+
+    state, _ = read_sam_checkpoint(path)
     sam = build_sam(model)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    sam.load_state_dict(state, strict=True)
+    sam.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     return sam
 
 

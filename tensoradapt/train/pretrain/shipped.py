@@ -22,7 +22,7 @@ import torch
 
 from ..._utils import atomic_path, atomic_write_json
 from ...sam import get_sam_config
-from .artifact import code_revision, file_sha256, read_report
+from .artifact import code_revision, file_sha256, load_sam_checkpoint, read_report
 from .build import ensure_tiny_sam_checkpoint
 from .config import PRETRAIN_VERSION, PretrainConfig
 from .evaluate import evaluate_prompted_iou, heldout_scenes
@@ -83,7 +83,7 @@ def export_shipped(source: str | os.PathLike, command: str, folder: str | os.Pat
     """Write the shipped pair (fp16 safetensors + provenance JSON) into `folder` from a finished pretraining
     run: `source` is its fp32 checkpoint, with its report beside it; `command` is the command that made it;
     `revision` the commit it ran (default: the report's, else this work tree's).
-    The fp16 weights are evaluated on the held-out scenes again (the IoUs go into the provenance). Returns
+    The fp32 and the fp16 weights are evaluated on the held-out scenes again (the IoUs go into the provenance). Returns
     the provenance record."""
     from safetensors.torch import save_file
 
@@ -118,7 +118,9 @@ def export_shipped(source: str | os.PathLike, command: str, folder: str | os.Pat
         "torch_version": report.get("torch_version"),
         "train_seconds": report.get("train_seconds"),
         "source_sha256": report.get("sha256"),
-        "heldout_iou": {"fp32": report["heldout_iou"]["pretrained"],
+        # both weights judged again by this code, on the same scenes (the run's own figures are in its report)
+        "heldout_iou": {"fp32": evaluate_prompted_iou(load_sam_checkpoint(source, pc.model), heldout,
+                                                      pc.eval_masks_per_scene),
                         "random_init": report["heldout_iou"]["random_init"],
                         "fp16_shipped": evaluate_prompted_iou(sam, heldout, pc.eval_masks_per_scene)},
         "final_loss": report.get("final_loss"),
