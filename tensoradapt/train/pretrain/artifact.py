@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from ..._utils import atomic_write_bytes
 from ...sam import SamConfig, build_sam
+from ...sam.weights import read_sam_checkpoint
 
 __all__ = ["CHECKPOINT_FORMAT", "write_checkpoint", "file_sha256", "report_path", "read_report",
-           "load_sam_checkpoint", "code_revision"]
+           "load_sam_checkpoint", "sam_from_state", "code_revision"]
 
 CHECKPOINT_FORMAT = ("official SAM state dict (image_encoder.*, prompt_encoder.*, mask_decoder.*); "
                      "load with sam.load_state_dict(torch.load(path, weights_only=True))")
@@ -62,15 +63,16 @@ def read_report(path: str | os.PathLike) -> dict[str, Any] | None:
     return report if isinstance(report, dict) else None
 
 
-def load_sam_checkpoint(path: str | os.PathLike, model: str | SamConfig = "tiny") -> nn.Module:
-    """Build the original SAM for `model` and load an official-format checkpoint (``.pth`` or ``.safetensors``,
-    fp16 weights cast to fp32) into it, strictly."""
-    from ...sam.weights import read_sam_checkpoint
-
-    state, _ = read_sam_checkpoint(path)
+def sam_from_state(state: Mapping[str, Tensor], model: str | SamConfig = "tiny") -> nn.Module:
+    """The original SAM for `model` with an official-layout state dict loaded strictly (fp16 weights cast to fp32)."""
     sam = build_sam(model)
     sam.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     return sam
+
+
+def load_sam_checkpoint(path: str | os.PathLike, model: str | SamConfig = "tiny") -> nn.Module:
+    """:func:`sam_from_state` of an official-format checkpoint file (``.pth`` or ``.safetensors``)."""
+    return sam_from_state(read_sam_checkpoint(path)[0], model)
 
 
 def code_revision() -> str:

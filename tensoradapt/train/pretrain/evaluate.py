@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ...sam import get_sam_config
 from ..stats import t_interval
+from .artifact import load_sam_checkpoint
 from .config import PretrainConfig
 from .decode import decode_prompts, to_input_frame
 from .losses import mask_iou
@@ -85,8 +86,6 @@ def evaluate_prompted_iou(sam: nn.Module, data: PromptScenes, masks_per_scene: i
 def evaluate_checkpoint(path: str | os.PathLike, pc: PretrainConfig) -> dict[str, float]:
     """:func:`evaluate_prompted_iou` of an existing checkpoint of `pc.model` (official-format ``.pth`` or
     ``.safetensors``, loaded strictly in fp32) on :func:`heldout_scenes` of `pc`, without training."""
-    from .artifact import load_sam_checkpoint
-
     return evaluate_prompted_iou(load_sam_checkpoint(path, pc.model), heldout_scenes(pc), pc.eval_masks_per_scene)
 
 

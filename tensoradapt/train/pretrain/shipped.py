@@ -21,8 +21,7 @@ from typing import Any
 import torch
 
 from ..._utils import atomic_path, atomic_write_json
-from ...sam import get_sam_config
-from .artifact import code_revision, file_sha256, load_sam_checkpoint, read_report
+from .artifact import code_revision, file_sha256, read_report, sam_from_state
 from .build import ensure_tiny_sam_checkpoint
 from .config import PRETRAIN_VERSION, PretrainConfig
 from .evaluate import evaluate_prompted_iou, heldout_scenes
@@ -87,8 +86,6 @@ def export_shipped(source: str | os.PathLike, command: str, folder: str | os.Pat
     the provenance record."""
     from safetensors.torch import save_file
 
-    from ...sam import build_sam
-
     source = Path(source)
     report = read_report(source)
     if report is None or "pretrain_config" not in report:
@@ -100,8 +97,6 @@ def export_shipped(source: str | os.PathLike, command: str, folder: str | os.Pat
     weights.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(weights) as tmp:
         save_file(half, str(tmp), metadata={"format": "official SAM state dict, fp16", "model": pc.model})
-    sam = build_sam(get_sam_config(pc.model))
-    sam.load_state_dict({k: v.float() for k, v in half.items()})
     heldout = heldout_scenes(pc)
     record = {
         "model": pc.model,
@@ -119,10 +114,11 @@ def export_shipped(source: str | os.PathLike, command: str, folder: str | os.Pat
         "train_seconds": report.get("train_seconds"),
         "source_sha256": report.get("sha256"),
         # both weights judged again by this code, on the same scenes (the run's own figures are in its report)
-        "heldout_iou": {"fp32": evaluate_prompted_iou(load_sam_checkpoint(source, pc.model), heldout,
+        "heldout_iou": {"fp32": evaluate_prompted_iou(sam_from_state(state, pc.model), heldout,
                                                       pc.eval_masks_per_scene),
                         "random_init": report["heldout_iou"]["random_init"],
-                        "fp16_shipped": evaluate_prompted_iou(sam, heldout, pc.eval_masks_per_scene)},
+                        "fp16_shipped": evaluate_prompted_iou(sam_from_state(half, pc.model), heldout,
+                                                              pc.eval_masks_per_scene)},
         "final_loss": report.get("final_loss"),
     }
     atomic_write_json(provenance, record)
