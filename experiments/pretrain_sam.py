@@ -30,23 +30,30 @@ from tensoradapt.train.pretrain import (
 from tensoradapt.train.pretrain.artifact import read_report
 
 
+#: the config fields that pick the held-out scenes and the architecture (`--evaluate`)
+EVAL_FIELDS = ("model", "masks", "domain_gap", "seed", "n_heldout")
+
+
 def main(argv: list[str] | None = None) -> dict:
     d = PretrainConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=d.model, help=f"SAM size (default {d.model})")
+    # the fields that pick the architecture and the held-out scenes (EVAL_FIELDS) default to None: "not given",
+    # so --evaluate can tell them from the checkpoint's recorded config
+    ap.add_argument("--model", default=None, help=f"SAM size (default {d.model})")
     ap.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
-    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--seed", type=int, default=None, help=f"(default {d.seed})")
     ap.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
     ap.add_argument("--masks-per-image", type=int, default=d.masks_per_image)
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     ap.add_argument("--n-scenes", type=int, default=d.n_scenes, help="training scenes")
-    ap.add_argument("--domain-gap", default=d.domain_gap, choices=DOMAIN_GAPS,
+    ap.add_argument("--domain-gap", default=None, choices=DOMAIN_GAPS,
                     help="palette: every pretraining scene in a random colour palette (default none)")
-    ap.add_argument("--masks", default=d.masks, choices=MASK_SETS,
+    ap.add_argument("--masks", default=None, choices=MASK_SETS,
                     help="objects: no wall / floor / ceiling masks, SAM's object-centric targets (default all)")
     ap.add_argument("--device", default="cpu", help="where the model trains (default cpu); the report records it")
-    ap.add_argument("--n-heldout", type=int, default=d.n_heldout, help="held-out scenes for the IoU evaluation")
+    ap.add_argument("--n-heldout", type=int, default=None,
+                    help=f"held-out scenes for the IoU evaluation (default {d.n_heldout})")
     ap.add_argument("--out", type=Path, default=None,
                     help=f"checkpoint path (default: the config's cache path, {default_tiny_sam_path().name} "
                          "for the default config)")
@@ -58,14 +65,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ship", action="store_true",
                     help="then write the fp16 copy and its provenance into tensoradapt/assets/ (the shipped checkpoint)")
     args = ap.parse_args(argv)
+    given = {k: getattr(args, k) for k in EVAL_FIELDS if getattr(args, k) is not None}
     try:
-        cfg = PretrainConfig(model=args.model, domain_gap=args.domain_gap, masks=args.masks, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                             masks_per_image=args.masks_per_image, lr=args.lr, warmup_steps=args.warmup_steps,
-                             n_scenes=args.n_scenes, n_heldout=args.n_heldout)
+        cfg = d.replace(steps=args.steps, batch_size=args.batch_size, masks_per_image=args.masks_per_image, lr=args.lr,
+                        warmup_steps=args.warmup_steps, n_scenes=args.n_scenes, **given)
     except ValueError as e:
         ap.error(str(e))
     if args.evaluate is not None:
-        return _evaluate(ap, args, cfg, argv if argv is not None else sys.argv[1:])
+        return _evaluate(ap, args, cfg, given)
     out = args.out if args.out is not None else default_tiny_sam_path(cfg)
     report = pretrain_tiny_sam(out, cfg, progress=not args.no_progress, device=args.device)
     print(format_report(report))
@@ -76,12 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-#: the config fields that pick the held-out scenes and the architecture (`--evaluate`)
-EVAL_FIELDS = ("model", "masks", "domain_gap", "seed", "n_heldout")
-
-
-def _evaluate(ap: argparse.ArgumentParser, args: argparse.Namespace, flags: PretrainConfig, argv: list[str]) -> dict:
-    """--evaluate: the checkpoint's recorded config, with the evaluation flags given on the command line on top."""
+def _evaluate(ap: argparse.ArgumentParser, args: argparse.Namespace, flags: PretrainConfig,
+              given: dict[str, object]) -> dict:
+    """--evaluate: the checkpoint's recorded config (else `flags`), with the EVAL_FIELDS `given` on the command
+    line on top."""
     path = Path(args.evaluate)
     if args.ship or args.out is not None:
         ap.error("--evaluate trains nothing: it cannot be combined with --ship or --out")
@@ -91,9 +96,7 @@ def _evaluate(ap: argparse.ArgumentParser, args: argparse.Namespace, flags: Pret
     if record is None and provenance.is_file():
         record = json.loads(provenance.read_text())
     cfg = PretrainConfig.from_dict(record["pretrain_config"]) if record and "pretrain_config" in record else flags
-    given = {a.dest for a in ap._actions for opt in a.option_strings
-             if any(t == opt or t.startswith(opt + "=") for t in argv)}
-    cfg = cfg.replace(**{k: getattr(flags, k) for k in EVAL_FIELDS if k in given})
+    cfg = cfg.replace(**given)
     try:
         iou = evaluate_checkpoint(path, cfg)
     except RuntimeError as e:

@@ -228,6 +228,7 @@ def test_evaluating_a_finished_checkpoint_reproduces_its_report(tmp_path, capsys
     assert "box prompt - box itself" in capsys.readouterr().out
     three = cli.main(["--evaluate", str(out), "--n-heldout", "3"])
     assert three["n_scenes"] == 3 and three == evaluate_checkpoint(str(out), pc.replace(n_heldout=3))
+    assert cli.main(["--evaluate", str(out), "--n-held", "3"]) == three  # argparse's abbreviation counts as given
     for bad, message in ((["--evaluate", str(tmp_path / "missing.pth")], "--evaluate: no checkpoint at"),
                          (["--evaluate", str(out), "--ship"], "cannot be combined with --ship"),
                          (["--evaluate", str(out), "--model", "tiny_p8"], "does not load into a 'tiny_p8' SAM (--model)")):
