@@ -10,6 +10,7 @@
     python experiments/rank_ablation.py --quick      # CI-sized grid (a couple of minutes once cached)
     python experiments/rank_ablation.py --dry-run    # list the cells
     python experiments/rank_ablation.py --table-only # rebuild table + plots from the finished cells
+    python experiments/rank_ablation.py --compare tucker shared-lora  # paired delta-m of A vs B, per seed + 95 % CI
 
 Every cell is one `experiments/sam_mtl.py` run in `<out>/cells/<decomp>_r<ranks>_s<seed>/`. Re-running the
 command skips finished cells (results.json present) and resumes an interrupted one from its last.pt.
@@ -27,7 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from tensoradapt.train import ablation
+from tensoradapt.train import ablation, pairs
 from tensoradapt.train.cli import OneLineParser, int_tuple
 from tensoradapt.train.finetune import UsageError
 
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
            "on torch's threads / N; then --table-only builds the table")
     a("--dry-run", action="store_true", help="print the cells and exit")
     a("--table-only", action="store_true", help="only rebuild the table and the plots")
+    a("--compare", nargs="+", metavar="CONFIG", default=None,
+      help="print the paired delta-m of each pair A B (A vs B, per seed, mean and 95 %% interval) from the "
+           "finished cells, e.g. --compare tucker shared-lora tucker frozen; a config is DECOMP or "
+           "DECOMP:RANKS (tucker:4,8,8)")
     return p
 
 
@@ -105,6 +110,21 @@ def grid_from_args(args: argparse.Namespace) -> ablation.Grid:
     return grid
 
 
+def compare(grid: ablation.Grid, out: Path, configs: Sequence[str]) -> int:
+    """Print `pairs.comparison_markdown` for the pairs (A B A B ...) over the finished cells in `out`."""
+    if len(configs) % 2:
+        print(f"rank_ablation.py: error: --compare takes pairs A B, got {len(configs)} configs", file=sys.stderr)
+        return 2
+    rows = ablation.collect_rows(grid, out)
+    try:
+        chosen = [pairs.parse_config(c, rows) for c in configs]
+        print(pairs.comparison_markdown(rows, list(zip(chosen[::2], chosen[1::2]))), end="")
+    except ValueError as e:
+        print(f"rank_ablation.py: error: --compare: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None,
          make_grid: Callable[[argparse.Namespace], ablation.Grid] = grid_from_args,
          default_out: str = "runs/rank_ablation") -> int:
@@ -122,6 +142,8 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         for c in grid.cells():
             print(f"{c.name:32s} {'done' if ablation.cell_done(out, c) else 'todo'}")
         return 0
+    if args.compare:
+        return compare(grid, out, args.compare)
     if args.table_only:
         rows = ablation.write_outputs(grid, out)
         print(f"[rank_ablation] {len(rows)} finished cells -> {out / ablation.TABLE_CSV}")

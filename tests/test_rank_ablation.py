@@ -267,3 +267,59 @@ def test_shards_divide_the_cores_unless_threads_are_given(monkeypatch):
     assert opts("--shard", "0/2")["threads"] == 2
     assert opts("--shard", "1/8")["threads"] == 1
     assert opts("--shard", "0/2", "--threads", "3")["threads"] == 3
+
+
+def _row(decomp, ranks, seed, miou, depth, **extra):
+    return {"decomp": decomp, "ranks": ranks, "seed": seed, "semantic/mIoU": miou, "semantic/pixel_acc": 0.5,
+            "depth/abs_err": depth, "depth/rel_err": 0.2, **extra}
+
+
+def test_paired_delta_m_pairs_cells_of_the_same_seed_only():
+    from tensoradapt.mtl import delta_m, get_tasks
+    from tensoradapt.train import pairs
+
+    rows = [_row("tucker", "4,8,8", s, 40.0 + s, 0.5 - 0.01 * s) for s in (2, 0, 1, 3)]  # seed 3: no partner
+    rows += [_row("lora", "8", s, 38.0 + 2 * s, 0.52) for s in (0, 1, 2)]
+    rows += [_row("lora", "32", s, 10.0, 0.9) for s in (0, 1, 2)]
+    a, b = pairs.parse_config("tucker", rows), pairs.parse_config("lora:8", rows)
+    assert a == ("tucker", "4,8,8") and b == ("lora", "8")
+    p = pairs.paired_delta_m(rows, a, b)
+    tasks = get_tasks(("semantic", "depth"))
+    by = {(r["decomp"], r["ranks"], r["seed"]): r for r in rows}
+    direct = [float(delta_m({"semantic": {"mIoU": by["tucker", "4,8,8", s]["semantic/mIoU"], "pixel_acc": 0.5},
+                             "depth": {"abs_err": by["tucker", "4,8,8", s]["depth/abs_err"], "rel_err": 0.2}},
+                            {"semantic": {"mIoU": by["lora", "8", s]["semantic/mIoU"], "pixel_acc": 0.5},
+                             "depth": {"abs_err": 0.52, "rel_err": 0.2}}, tasks)) for s in (0, 1, 2)]
+    assert p["seeds"] == [0, 1, 2] and p["per_seed"] == pytest.approx(direct)
+    assert len(set(p["per_seed"])) == 3  # the seeds' differences differ: a mix-up of seeds would show
+    assert p["mean"] == pytest.approx(sum(direct) / 3) and p["ci95"] == pytest.approx(ra.t_interval(direct))
+    table = pairs.comparison_markdown(rows, [(a, b)])
+    assert f"{p['mean']:+.2f} ± {p['ci95']:.2f}" in table and "tucker (4,8,8) | lora (8)" in table
+    with pytest.raises(ValueError, match=r"lora.*\['32', '8'\].*lora:RANKS"):
+        pairs.parse_config("lora", rows)
+    with pytest.raises(ValueError, match="no 'cp' cell"):
+        pairs.parse_config("cp", rows)
+    with pytest.raises(ValueError, match="no cell at ranks '16'"):
+        pairs.parse_config("lora:16", rows)
+    with pytest.raises(ValueError, match="no seed has both"):
+        pairs.paired_delta_m(rows + [_row("cp", "8", 7, 1.0, 1.0)], ("cp", "8"), b)
+
+
+def test_paired_delta_m_pairs_within_a_task_set_and_trunk():
+    from tensoradapt.train import pairs
+
+    base = {("a", 0): 40.0, ("a", 2): 20.0, ("b", 0): 50.0, ("b", 2): 80.0}
+    rows = [_row("lora", "8", 0, m, 0.5, task_set=ts, shared_blocks=k) for (ts, k), m in base.items()]
+    rows += [_row("tucker", "8", 0, 1.1 * m, 0.5, task_set=ts, shared_blocks=k) for (ts, k), m in base.items()]
+    p = pairs.paired_delta_m(rows, ("tucker", "8"), ("lora", "8"))
+    # each of the 4 pairs is +10 % mIoU (half of semantic's two metrics, half of the two tasks): 2.5; any
+    # pairing across task sets or trunks would give another value
+    assert p["per_seed"] == pytest.approx([2.5] * 4)
+
+
+def test_cli_compare_needs_pairs_of_known_configs(tmp_path, capsys):
+    assert cli.main(["--out", str(tmp_path), "--compare", "tucker"]) == 2
+    assert "pairs" in capsys.readouterr().err
+    assert cli.main(["--out", str(tmp_path), "--compare", "tucker", "lora"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--compare" in err and "tucker" in err

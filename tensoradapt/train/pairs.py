@@ -1,0 +1,85 @@
+"""Paired comparisons between two configurations of a finished sweep.
+
+A sweep's table (`ablation.load_table`) holds one row per cell; a configuration is a (decomp, ranks) pair and
+appears once per seed. ``paired_delta_m(rows, a, b)`` is Δm of `a` against `b` computed per seed from the two
+cells of that seed (and, in a task-scaling sweep, of the same task set and trunk), with the mean, standard
+deviation and the half-width of the 95 % t-interval over seeds. It is how every claim "A beats B by x ± y"
+in the README is measured: ``python experiments/rank_ablation.py --out DIR --compare A B``.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Sequence
+
+from .stats import t_interval
+
+__all__ = ["Config", "parse_config", "paired_delta_m", "comparison_markdown"]
+
+Config = tuple[str, str]  # (decomp, ranks as written in the table, "" for frozen / full)
+_PAIR_AXES = ("seed", "task_set", "shared_blocks")
+
+
+def parse_config(text: str, rows: Sequence[dict[str, Any]]) -> Config:
+    """"tucker" or "tucker:4,8,8" -> ("tucker", "4,8,8"); a bare decomp must have one ranks in `rows`."""
+    decomp, _, ranks = text.partition(":")
+    have = sorted({str(r["ranks"] or "") for r in rows if r["decomp"] == decomp})
+    if not have:
+        raise ValueError(f"configuration {text!r}: the table has no {decomp!r} cell "
+                         f"(it has {sorted({r['decomp'] for r in rows})})")
+    if not ranks and len(have) > 1:
+        raise ValueError(f"configuration {text!r}: {decomp!r} runs at ranks {have}; write {decomp}:RANKS")
+    ranks = ranks or have[0]
+    if ranks not in have:
+        raise ValueError(f"configuration {text!r}: {decomp!r} has no cell at ranks {ranks!r} (it has {have})")
+    return decomp, ranks
+
+
+def _metrics(row: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} back from a row's "task/metric" columns."""
+    out: dict[str, dict[str, float]] = {}
+    for k, v in row.items():
+        if "/" in k and isinstance(v, (int, float)):
+            task, metric = k.split("/", 1)
+            out.setdefault(task, {})[metric] = v
+    return out
+
+
+def paired_delta_m(rows: Sequence[dict[str, Any]], a: Config, b: Config) -> dict[str, Any]:
+    """Δm (percent, + = `a` better) of configuration `a` against `b`, one value per seed where both ran.
+
+    Returns ``{"a", "b", "seeds", "per_seed", "mean", "std", "ci95"}`` (std / ci95 nan for one seed);
+    raises ValueError when no seed has both cells."""
+    from ..mtl import delta_m, get_tasks
+
+    def cells(cfg: Config) -> dict[tuple, dict]:
+        return {tuple(r.get(k) for k in _PAIR_AXES): r for r in rows
+                if (r["decomp"], str(r["ranks"] or "")) == cfg}
+
+    mine, theirs = cells(a), cells(b)
+    keys = sorted(set(mine) & set(theirs), key=lambda k: tuple(str(v) for v in k))
+    if not keys:
+        raise ValueError(f"no seed has both {a} and {b} cells")
+    per_seed = []
+    for k in keys:
+        result, base = _metrics(mine[k]), _metrics(theirs[k])
+        per_seed.append(float(delta_m(result, base, get_tasks(tuple(result)))))
+    return {"a": a, "b": b, "seeds": [k[0] for k in keys], "per_seed": per_seed,
+            "mean": statistics.mean(per_seed),
+            "std": statistics.stdev(per_seed) if len(per_seed) > 1 else float("nan"),
+            "ci95": t_interval(per_seed)}
+
+
+def _name(cfg: Config) -> str:
+    return cfg[0] + (f" ({cfg[1]})" if cfg[1] else "")
+
+
+def comparison_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[Config, Config]]) -> str:
+    """A Markdown table: per pair, Δm per seed and mean ± 95 % interval, and how many σ the mean is from 0."""
+    lines = ["| A | vs B | seeds | Δm per seed (%) | Δm (95 % CI) | \\|mean\\| / std |", "|---|---|---|---|---|---|"]
+    for a, b in pairs:
+        p = paired_delta_m(rows, a, b)
+        sigmas = abs(p["mean"]) / p["std"] if p["std"] == p["std"] and p["std"] > 0 else float("nan")
+        ci = f" ± {p['ci95']:.2f}" if p["ci95"] == p["ci95"] else ""
+        lines.append(f"| {_name(a)} | {_name(b)} | {len(p['seeds'])} | "
+                     f"{' / '.join(f'{v:+.2f}' for v in p['per_seed'])} | {p['mean']:+.2f}{ci} | {sigmas:.1f} |")
+    return "\n".join(lines) + "\n"
