@@ -160,7 +160,7 @@ def plot_delta_m_vs_params(rows: Sequence[Mapping[str, Any]], path: str | Path |
     reference cells (frozen / full) are horizontal lines. `rows`: `tensoradapt.train.ablation` table rows."""
     from matplotlib.ticker import EngFormatter
 
-    from .ablation import summarize
+    from .summary import summarize
 
     plt = _plt()
     summary = summarize(list(rows))
@@ -198,7 +198,7 @@ def plot_delta_m_vs_params(rows: Sequence[Mapping[str, Any]], path: str | Path |
 def plot_metric_vs_rank(rows: Sequence[Mapping[str, Any]], path: str | Path | None = None):
     """Each task's main metric (mean over seeds) against the nominal rank, one line per decomposition."""
     from ..mtl import get_tasks
-    from .ablation import metric_columns, summarize
+    from .summary import metric_columns, summarize
 
     plt = _plt()
     rows = list(rows)
@@ -232,7 +232,7 @@ def plot_metric_vs_rank(rows: Sequence[Mapping[str, Any]], path: str | Path | No
 def plot_delta_m_vs_tasks(summary: Sequence[Mapping[str, Any]], path: str | Path | None = None):
     """Task scaling: Δm vs the frozen encoder (mean over seeds, error bar = the 95 % interval of the paired
     differences) against the number of tasks T, one line per (method, trunk depth k).
-    `summary`: `tensoradapt.train.ablation.summarize` of a task-scaling grid's rows."""
+    `summary`: `tensoradapt.train.summary.summarize` of a task-scaling grid's rows."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     lines = dict.fromkeys((r["decomp"], r["shared_blocks"]) for r in summary if r["ranks"])
