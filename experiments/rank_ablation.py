@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="I/N: one of N processes sharing the sweep (e.g. --shard 0/2 and --shard 1/2 on 2 cores): it starts "
            "with every N-th cell from the I-th (0-based), then takes the cells no process has claimed, and runs "
            "on torch's threads / N; then --table-only builds the table")
+    a("--reuse", default=None, metavar="DIR",
+      help="first copy in the finished cells of the sweep folder DIR that ran exactly a cell's settings (e.g. "
+           "task_scaling.py --reuse runs/rank_ablation: its T = 3, k = 0 cells are the default sweep's)")
     a("--dry-run", action="store_true", help="print the cells and exit")
     a("--table-only", action="store_true", help="only rebuild the table and the plots")
     a("--compare", nargs="+", metavar="CONFIG", default=None,
@@ -138,6 +141,12 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     except (ValueError, KeyError) as e:
         print(f"rank_ablation.py: error: {e}", file=sys.stderr)
         return 2
+    if args.reuse and not (args.table_only or args.compare or args.dry_run):
+        try:
+            ablation.adopt_cells(grid, out, args.reuse)
+        except ValueError as e:
+            print(f"rank_ablation.py: error: --reuse: {e}", file=sys.stderr)
+            return 2
     if args.dry_run:
         for c in grid.cells():
             print(f"{c.name:32s} {'done' if ablation.cell_done(out, c) else 'todo'}")

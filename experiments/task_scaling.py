@@ -6,6 +6,8 @@ rank and the frozen encoder, for the first T tasks of the task table, trunk dept
     python experiments/task_scaling.py --quick             # CI-sized
     python experiments/task_scaling.py --shard 0/2 & python experiments/task_scaling.py --shard 1/2
     python experiments/task_scaling.py --table-only        # summary.md + delta_m_vs_tasks.png
+    python experiments/task_scaling.py --reuse runs/rank_ablation   # copy the T = 3, k = 0 cells the default
+                                                           # sweep already ran (same settings) instead of rerunning
 
 Every Δm is paired within one seed and one task set: against LoRA-STL, against the frozen encoder, and
 against the same method without a trunk (`delta_m_vs_k0`, what sharing costs or buys). Each row's Δm covers

@@ -7,6 +7,7 @@ so the sweep machinery is tested in seconds; test_sam_mtl_cli.py and test_notebo
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -323,3 +324,32 @@ def test_cli_compare_needs_pairs_of_known_configs(tmp_path, capsys):
     assert cli.main(["--out", str(tmp_path), "--compare", "tucker", "lora"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--compare" in err and "tucker" in err
+
+
+def test_reuse_adopts_only_finished_cells_that_ran_the_same_settings(tmp_path, mini_data, capsys):
+    """A task-scaling grid's T = 2, k = 0 cells are the default grid's cells under other names: --reuse copies
+    them (and only them) instead of training them again."""
+    source = tmp_path / "default"
+    base = small_grid(mini_data, seeds=(0,))
+    ra.run_grid(base, source, log=lambda *_: None, train_cell=toy_cell)
+    run = {k: v for k, v in base.run.items() if k != "tasks"}
+    scaling = ra.Grid(decomps=("tucker", "lora"), levels={"tucker": (2,), "lora": (2,)}, task_rank=2,
+                      references=("frozen",), seeds=(0,), baseline_level=2, shared_blocks=(0, 1),
+                      task_sets={"T2": ("semantic", "depth"), "T1": ("semantic",)}, run=run)
+    out = tmp_path / "scaling"
+    (out / "cells" / "lora_r2_T2_s0").mkdir(parents=True)  # e.g. a cell another process has begun: left alone
+    adopted = ra.adopt_cells(scaling, out, source, log=lambda *_: None)
+    assert sorted(adopted) == ["frozen_rnone_T2_s0", "tucker_r2-2-2_T2_s0"]  # not k = 1, not T = 1
+    for name, origin in (("frozen_rnone_T2_s0", "frozen_rnone_s0"), ("tucker_r2-2-2_T2_s0", "tucker_r2-2-2_s0")):
+        cell = out / "cells" / name
+        assert (cell / finetune.RESULTS).read_bytes() == (source / "cells" / origin / finetune.RESULTS).read_bytes()
+        assert json.loads((cell / "adopted.json").read_text())["from"].endswith(origin)
+        assert not (cell / ".claim").exists()
+    assert not (out / "cells" / "lora_r2_T2_s0" / finetune.RESULTS).exists()
+    assert ra.adopt_cells(scaling, out, source, log=lambda *_: None) == []  # nothing twice
+    other = dataclasses.replace(scaling, run={**run, "epochs": 2})  # another setting: nothing matches
+    assert ra.adopt_cells(other, tmp_path / "other", source, log=lambda *_: None) == []
+    with pytest.raises(ValueError, match="no cells/ folder"):
+        ra.adopt_cells(scaling, out, tmp_path / "nowhere")
+    assert cli.main(["--out", str(out), "--reuse", str(tmp_path / "nowhere")]) == 2
+    assert "--reuse" in capsys.readouterr().err

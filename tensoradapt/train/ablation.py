@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from .._utils import atomic_write_json, atomic_write_text
 from ..sam import DECOMPS
-from .claims import claim, holder
+from .claims import CLAIM, claim, holder
 from .finetune import FinetuneConfig, UsageError, checkpoint_change, run
 from .resume import LAST
 from .results import RESULTS
@@ -32,7 +34,7 @@ from .stats import t_interval
 from .summary import PAIRED_COLUMNS, metric_columns, summarize, summary_markdown, write_csv
 
 __all__ = [
-    "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "cell_done", "stale_settings", "seeds_on_disk",
+    "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "adopt_cells", "cell_done", "stale_settings", "seeds_on_disk",
     "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns", "BASELINE_DECOMP",
     "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT", "RANK_PLOT",
     "TASKS_PLOT", "DEFAULT_RUN", "SWEEP_RUN", "QUICK_RUN", "PAIRED_COLUMNS", "t_interval", "task_scaling_grid",
@@ -219,6 +221,37 @@ def seeds_on_disk(out: Path) -> set[int]:
         if tail.isdigit():
             found.add(int(tail))
     return found
+
+
+def adopt_cells(grid: Grid, out: str | Path, source: str | Path, log: Callable[[str], None] = print) -> list[str]:
+    """Copy into `out` the finished cells of another sweep folder `source` that ran exactly what a cell of `grid`
+    asks for (no setting differs, the same SAM checkpoint), under this grid's cell name; returns their names.
+
+    E.g. the task-scaling sweep's T = 3, k = 0 cells are the default sweep's cells. A cell that `out` already
+    holds, finished or not, is left alone; the copy names its origin in `adopted.json`."""
+    out, source = Path(out), Path(source)
+    if not (source / "cells").is_dir():
+        raise ValueError(f"source {source} holds no cells/ folder: it must be a sweep's --out")
+    if source.resolve() == out.resolve():
+        raise ValueError(f"source and out are the same folder ({out})")
+    finished = [(d, json.loads((d / RESULTS).read_text())) for d in sorted((source / "cells").iterdir())
+                if (d / RESULTS).is_file()]
+    adopted = []
+    for cell in grid.cells():
+        target = out / "cells" / cell.name
+        if target.exists():
+            continue
+        cfg = grid.experiment_config(cell, out)
+        for d, res in finished:
+            if "config" in res and not cfg.resume_differences(res["config"]) and not checkpoint_change(cfg, res):
+                tmp = target.with_name(f".{cell.name}.adopting-{os.getpid()}")
+                shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(CLAIM))
+                atomic_write_json(tmp / "adopted.json", {"from": str(d.resolve())})
+                os.replace(tmp, target)  # the cell appears whole or not at all
+                adopted.append(cell.name)
+                log(f"[rank_ablation] {cell.name}: the finished cell {d} ran the same settings, copied")
+                break
+    return adopted
 
 
 def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
