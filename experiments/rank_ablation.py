@@ -141,15 +141,17 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     except (ValueError, KeyError) as e:
         print(f"rank_ablation.py: error: {e}", file=sys.stderr)
         return 2
-    if args.reuse and not (args.table_only or args.compare or args.dry_run):
+    reused: list[str] = []
+    if args.reuse and not (args.table_only or args.compare):
         try:
-            ablation.adopt_cells(grid, out, args.reuse)
+            reused = ablation.adopt_cells(grid, out, args.reuse, copy=not args.dry_run)
         except ValueError as e:
             print(f"rank_ablation.py: error: --reuse: {e}", file=sys.stderr)
             return 2
     if args.dry_run:
         for c in grid.cells():
-            print(f"{c.name:32s} {'done' if ablation.cell_done(out, c) else 'todo'}")
+            state = "done" if ablation.cell_done(out, c) else f"copy from {args.reuse}" if c.name in reused else "todo"
+            print(f"{c.name:32s} {state}")
         return 0
     if args.compare:
         return compare(grid, out, args.compare)

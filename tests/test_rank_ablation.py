@@ -338,7 +338,10 @@ def test_reuse_adopts_only_finished_cells_that_ran_the_same_settings(tmp_path, m
                       task_sets={"T2": ("semantic", "depth"), "T1": ("semantic",)}, run=run)
     out = tmp_path / "scaling"
     (out / "cells" / "lora_r2_T2_s0").mkdir(parents=True)  # e.g. a cell another process has begun: left alone
+    listed = ra.adopt_cells(scaling, out, source, log=lambda *_: None, copy=False)
+    assert not (out / "cells" / "tucker_r2-2-2_T2_s0").exists()  # copy=False writes nothing
     adopted = ra.adopt_cells(scaling, out, source, log=lambda *_: None)
+    assert adopted == listed
     assert sorted(adopted) == ["frozen_rnone_T2_s0", "tucker_r2-2-2_T2_s0"]  # not k = 1, not T = 1
     for name, origin in (("frozen_rnone_T2_s0", "frozen_rnone_s0"), ("tucker_r2-2-2_T2_s0", "tucker_r2-2-2_s0")):
         cell = out / "cells" / name

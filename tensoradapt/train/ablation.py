@@ -223,9 +223,11 @@ def seeds_on_disk(out: Path) -> set[int]:
     return found
 
 
-def adopt_cells(grid: Grid, out: str | Path, source: str | Path, log: Callable[[str], None] = print) -> list[str]:
+def adopt_cells(grid: Grid, out: str | Path, source: str | Path, log: Callable[[str], None] = print,
+                copy: bool = True) -> list[str]:
     """Copy into `out` the finished cells of another sweep folder `source` that ran exactly what a cell of `grid`
-    asks for (no setting differs, the same SAM checkpoint), under this grid's cell name; returns their names.
+    asks for (no setting differs, the same SAM checkpoint), under this grid's cell name; returns their names
+    (`copy=False`: only the names, nothing is written).
 
     E.g. the task-scaling sweep's T = 3, k = 0 cells are the default sweep's cells. A cell that `out` already
     holds, finished or not, is left alone; the copy names its origin in `adopted.json`."""
@@ -244,11 +246,13 @@ def adopt_cells(grid: Grid, out: str | Path, source: str | Path, log: Callable[[
         cfg = grid.experiment_config(cell, out)
         for d, res in finished:
             if "config" in res and not cfg.resume_differences(res["config"]) and not checkpoint_change(cfg, res):
+                adopted.append(cell.name)
+                if not copy:
+                    break
                 tmp = target.with_name(f".{cell.name}.adopting-{os.getpid()}")
                 shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(CLAIM))
                 atomic_write_json(tmp / "adopted.json", {"from": str(d.resolve())})
                 os.replace(tmp, target)  # the cell appears whole or not at all
-                adopted.append(cell.name)
                 log(f"[rank_ablation] {cell.name}: the finished cell {d} ran the same settings, copied")
                 break
     return adopted
