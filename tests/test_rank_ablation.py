@@ -296,6 +296,8 @@ def test_paired_delta_m_pairs_cells_of_the_same_seed_only():
     assert p["mean"] == pytest.approx(sum(direct) / 3) and p["ci95"] == pytest.approx(ra.t_interval(direct))
     table = pairs.comparison_markdown(rows, [(a, b)])
     assert f"{p['mean']:+.2f} ± {p['ci95']:.2f}" in table and "tucker (4,8,8) | lora (8)" in table
+    head, rule = table.splitlines()[:2]
+    assert rule.count("---|") == head.count(" | ") + 1  # a valid Markdown table
     with pytest.raises(ValueError, match=r"lora.*\['32', '8'\].*lora:RANKS"):
         pairs.parse_config("lora", rows)
     with pytest.raises(ValueError, match="no 'cp' cell"):
@@ -312,10 +314,15 @@ def test_paired_delta_m_pairs_within_a_task_set_and_trunk():
     base = {("a", 0): 40.0, ("a", 2): 20.0, ("b", 0): 50.0, ("b", 2): 80.0}
     rows = [_row("lora", "8", 0, m, 0.5, task_set=ts, shared_blocks=k) for (ts, k), m in base.items()]
     rows += [_row("tucker", "8", 0, 1.1 * m, 0.5, task_set=ts, shared_blocks=k) for (ts, k), m in base.items()]
-    p = pairs.paired_delta_m(rows, ("tucker", "8"), ("lora", "8"))
-    # each of the 4 pairs is +10 % mIoU (half of semantic's two metrics, half of the two tasks): 2.5; any
-    # pairing across task sets or trunks would give another value
-    assert p["per_seed"] == pytest.approx([2.5] * 4)
+    with pytest.raises(ValueError, match="several task sets"):  # one interval over 4 conditions: refused
+        pairs.paired_delta_m(rows, ("tucker", "8"), ("lora", "8"))
+    table = pairs.comparison_markdown(rows, [(("tucker", "8"), ("lora", "8"))]).splitlines()
+    # one line per condition, each +10 % mIoU (half of semantic's two metrics, half of the two tasks): +2.50;
+    # any pairing across task sets or trunks would give another value
+    assert table[0].startswith("| A | vs B | task set | k | seeds |")
+    assert table[1].count("---|") == table[0].count(" | ") + 1
+    assert sorted(l.split(" | ")[2:4] for l in table[2:]) == [["a", "0"], ["a", "2"], ["b", "0"], ["b", "2"]]
+    assert all("| +2.50 |" in l for l in table[2:])
 
 
 def test_cli_compare_needs_pairs_of_known_configs(tmp_path, capsys):

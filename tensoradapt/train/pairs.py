@@ -16,7 +16,6 @@ from .stats import t_interval
 __all__ = ["Config", "parse_config", "paired_delta_m", "comparison_markdown"]
 
 Config = tuple[str, str]  # (decomp, ranks as written in the table, "" for frozen / full)
-_PAIR_AXES = ("seed", "task_set", "shared_blocks")
 
 
 def parse_config(text: str, rows: Sequence[dict[str, Any]]) -> Config:
@@ -44,29 +43,32 @@ def _metrics(row: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _groups(rows: Sequence[dict[str, Any]]) -> list[tuple]:
+    """The (task_set, shared_blocks) conditions in `rows` ((None, None) for a sweep without those axes)."""
+    return sorted({(r.get("task_set"), r.get("shared_blocks")) for r in rows}, key=lambda g: tuple(map(str, g)))
+
+
 def paired_delta_m(rows: Sequence[dict[str, Any]], a: Config, b: Config) -> dict[str, Any]:
     """Δm (percent, + = `a` better) of configuration `a` against `b`, one value per seed where both ran.
 
-    Returns ``{"a", "b", "seeds", "per_seed", "mean", "std", "ci95"}`` (std / ci95 nan for one seed);
-    raises ValueError when no seed has both cells."""
+    Returns ``{"a", "b", "seeds", "per_seed", "mean", "std", "ci95"}`` (std / ci95 nan for one seed). Raises
+    ValueError when no seed has both cells, or when `rows` hold several task sets or trunk depths (a
+    task-scaling sweep): pass the rows of one condition, as `comparison_markdown` does."""
     from ..mtl import delta_m, get_tasks
 
-    def cells(cfg: Config) -> dict[tuple, dict]:
-        return {tuple(r.get(k) for k in _PAIR_AXES): r for r in rows
-                if (r["decomp"], str(r["ranks"] or "")) == cfg}
-
-    mine, theirs = cells(a), cells(b)
-    keys = sorted(set(mine) & set(theirs), key=lambda k: tuple(str(v) for v in k))
-    if not keys:
+    if len(_groups(rows)) > 1:
+        raise ValueError(f"rows span several task sets / trunk depths {_groups(rows)}: compare within one")
+    mine = {r["seed"]: r for r in rows if (r["decomp"], str(r["ranks"] or "")) == a}
+    theirs = {r["seed"]: r for r in rows if (r["decomp"], str(r["ranks"] or "")) == b}
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
         raise ValueError(f"no seed has both {a} and {b} cells")
     per_seed = []
-    for k in keys:
-        result, base = _metrics(mine[k]), _metrics(theirs[k])
+    for seed in seeds:
+        result, base = _metrics(mine[seed]), _metrics(theirs[seed])
         per_seed.append(float(delta_m(result, base, get_tasks(tuple(result)))))
-    return {"a": a, "b": b, "seeds": [k[0] for k in keys], "per_seed": per_seed,
-            "mean": statistics.mean(per_seed),
-            "std": statistics.stdev(per_seed) if len(per_seed) > 1 else float("nan"),
-            "ci95": t_interval(per_seed)}
+    return {"a": a, "b": b, "seeds": seeds, "per_seed": per_seed, "mean": statistics.mean(per_seed),
+            "std": statistics.stdev(per_seed) if len(per_seed) > 1 else float("nan"), "ci95": t_interval(per_seed)}
 
 
 def _name(cfg: Config) -> str:
@@ -74,12 +76,26 @@ def _name(cfg: Config) -> str:
 
 
 def comparison_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[Config, Config]]) -> str:
-    """A Markdown table: per pair, Δm per seed and mean ± 95 % interval, and how many σ the mean is from 0."""
-    lines = ["| A | vs B | seeds | Δm per seed (%) | Δm (95 % CI) | \\|mean\\| / std |", "|---|---|---|---|---|---|"]
+    """A Markdown table: per pair (and per task set and trunk depth, in a task-scaling sweep), Δm per seed, the
+    mean ± 95 % interval, and how many standard deviations the mean is from 0."""
+    groups = _groups(rows)
+    scaling = groups != [(None, None)]
+    head = "| A | vs B | " + ("task set | k | " if scaling else "") + "seeds | Δm per seed (%) | Δm (95 % CI) | \\|mean\\| / std |"
+    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for a, b in pairs:
-        p = paired_delta_m(rows, a, b)
-        sigmas = abs(p["mean"]) / p["std"] if p["std"] == p["std"] and p["std"] > 0 else float("nan")
-        ci = f" ± {p['ci95']:.2f}" if p["ci95"] == p["ci95"] else ""
-        lines.append(f"| {_name(a)} | {_name(b)} | {len(p['seeds'])} | "
-                     f"{' / '.join(f'{v:+.2f}' for v in p['per_seed'])} | {p['mean']:+.2f}{ci} | {sigmas:.1f} |")
+        for task_set, k in groups:
+            sub = [r for r in rows if (r.get("task_set"), r.get("shared_blocks")) == (task_set, k)]
+            if scaling and not any((r["decomp"], str(r["ranks"] or "")) in (a, b) for r in sub):
+                continue
+            try:
+                p = paired_delta_m(sub, a, b)
+            except ValueError:
+                if scaling:  # this condition lacks one of the two: skip it, not the pair
+                    continue
+                raise
+            sigmas = abs(p["mean"]) / p["std"] if p["std"] == p["std"] and p["std"] > 0 else float("nan")
+            ci = f" ± {p['ci95']:.2f}" if p["ci95"] == p["ci95"] else ""
+            where = f"{task_set} | {k} | " if scaling else ""
+            lines.append(f"| {_name(a)} | {_name(b)} | {where}{len(p['seeds'])} | "
+                         f"{' / '.join(f'{v:+.2f}' for v in p['per_seed'])} | {p['mean']:+.2f}{ci} | {sigmas:.1f} |")
     return "\n".join(lines) + "\n"
