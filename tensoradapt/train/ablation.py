@@ -201,16 +201,21 @@ def cell_done(out: Path, cell: Cell) -> bool:
     return (Path(out) / "cells" / cell.name / RESULTS).is_file()
 
 
+def settings_differences(cfg: FinetuneConfig, results: dict[str, Any]) -> list[str]:
+    """What a finished run (its results.json) computed differently from what `cfg` asks for: each differing
+    setting, and a different SAM checkpoint; empty when it is exactly `cfg`'s run."""
+    diffs = cfg.resume_differences(results.get("config", {}))
+    out = [f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(diffs.items())]
+    changed = checkpoint_change(cfg, results)  # the same settings on another foundation model (a new shipped default)
+    if changed:
+        out.append(f"SAM checkpoint sha256 {str(changed[0])[:12]} -> {str(changed[1])[:12]}")
+    return out
+
+
 def stale_settings(grid: Grid, out: Path, cell: Cell) -> list[str]:
     """Settings a finished cell was run with that differ from what the grid asks for now."""
     res = json.loads((Path(out) / "cells" / cell.name / RESULTS).read_text())
-    cfg = grid.experiment_config(cell, out)
-    diffs = cfg.resume_differences(res.get("config", {}))
-    stale = [f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(diffs.items())]
-    changed = checkpoint_change(cfg, res)  # the same settings on another foundation model (a new shipped default)
-    if changed:
-        stale.append(f"SAM checkpoint sha256 {str(changed[0])[:12]} -> {str(changed[1])[:12]}")
-    return stale
+    return settings_differences(grid.experiment_config(cell, out), res)
 
 
 def seeds_on_disk(out: Path) -> set[int]:
@@ -245,7 +250,7 @@ def adopt_cells(grid: Grid, out: str | Path, source: str | Path, log: Callable[[
             continue
         cfg = grid.experiment_config(cell, out)
         for d, res in finished:
-            if "config" in res and not cfg.resume_differences(res["config"]) and not checkpoint_change(cfg, res):
+            if "config" in res and not settings_differences(cfg, res):
                 adopted.append(cell.name)
                 if not copy:
                     break

@@ -13,15 +13,20 @@ from typing import Any, Sequence
 
 from .stats import t_interval
 
-__all__ = ["Config", "parse_config", "paired_delta_m", "comparison_markdown"]
+__all__ = ["Config", "config_of", "parse_config", "paired_delta_m", "comparison_markdown"]
 
 Config = tuple[str, str]  # (decomp, ranks as written in the table, "" for frozen / full)
+
+
+def config_of(row: dict[str, Any]) -> Config:
+    """The configuration a table row (one cell) belongs to."""
+    return row["decomp"], str(row["ranks"] or "")
 
 
 def parse_config(text: str, rows: Sequence[dict[str, Any]]) -> Config:
     """"tucker" or "tucker:4,8,8" -> ("tucker", "4,8,8"); a bare decomp must have one ranks in `rows`."""
     decomp, _, ranks = text.partition(":")
-    have = sorted({str(r["ranks"] or "") for r in rows if r["decomp"] == decomp})
+    have = sorted({config_of(r)[1] for r in rows if r["decomp"] == decomp})
     if not have:
         raise ValueError(f"configuration {text!r}: the table has no {decomp!r} cell "
                          f"(it has {sorted({r['decomp'] for r in rows})})")
@@ -58,8 +63,8 @@ def paired_delta_m(rows: Sequence[dict[str, Any]], a: Config, b: Config) -> dict
 
     if len(_groups(rows)) > 1:
         raise ValueError(f"rows span several task sets / trunk depths {_groups(rows)}: compare within one")
-    mine = {r["seed"]: r for r in rows if (r["decomp"], str(r["ranks"] or "")) == a}
-    theirs = {r["seed"]: r for r in rows if (r["decomp"], str(r["ranks"] or "")) == b}
+    mine = {r["seed"]: r for r in rows if config_of(r) == a}
+    theirs = {r["seed"]: r for r in rows if config_of(r) == b}
     seeds = sorted(set(mine) & set(theirs))
     if not seeds:
         raise ValueError(f"no seed has both {a} and {b} cells")
@@ -85,7 +90,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[Co
     for a, b in pairs:
         for task_set, k in groups:
             sub = [r for r in rows if (r.get("task_set"), r.get("shared_blocks")) == (task_set, k)]
-            ran = [{r["seed"] for r in sub if (r["decomp"], str(r["ranks"] or "")) == c} for c in (a, b)]
+            ran = [{r["seed"] for r in sub if config_of(r) == c} for c in (a, b)]
             if scaling and not ran[0] & ran[1]:  # e.g. the frozen encoder has no k > 0 cells: skip the condition
                 continue
             p = paired_delta_m(sub, a, b)
