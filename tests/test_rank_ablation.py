@@ -323,6 +323,7 @@ def test_paired_delta_m_pairs_within_a_task_set_and_trunk():
     assert table[1].count("---|") == table[0].count(" | ") + 1
     assert sorted(l.split(" | ")[2:4] for l in table[2:]) == [["a", "0"], ["a", "2"], ["b", "0"], ["b", "2"]]
     assert all("| +2.50 |" in l for l in table[2:])
+    assert all(l.endswith("| 1 | +2.50 | +2.50 | – |") for l in table[2:])  # one seed: no interval, no ratio
 
 
 def test_cli_compare_needs_pairs_of_known_configs(tmp_path, capsys):

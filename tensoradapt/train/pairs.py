@@ -94,9 +94,9 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[Co
             if scaling and not ran[0] & ran[1]:  # e.g. the frozen encoder has no k > 0 cells: skip the condition
                 continue
             p = paired_delta_m(sub, a, b)
-            sigmas = abs(p["mean"]) / p["std"] if p["std"] == p["std"] and p["std"] > 0 else float("nan")
+            sigmas = f"{abs(p['mean']) / p['std']:.1f}" if p["std"] == p["std"] and p["std"] > 0 else "–"  # one seed
             ci = f" ± {p['ci95']:.2f}" if p["ci95"] == p["ci95"] else ""
             where = f"{task_set} | {k} | " if scaling else ""
             lines.append(f"| {_name(a)} | {_name(b)} | {where}{len(p['seeds'])} | "
-                         f"{' / '.join(f'{v:+.2f}' for v in p['per_seed'])} | {p['mean']:+.2f}{ci} | {sigmas:.1f} |")
+                         f"{' / '.join(f'{v:+.2f}' for v in p['per_seed'])} | {p['mean']:+.2f}{ci} | {sigmas} |")
     return "\n".join(lines) + "\n"
