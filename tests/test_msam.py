@@ -218,6 +218,53 @@ def test_train_norms_off():
     assert b["encoder_norms_trainable"] == 0 and b["delta"] > 0
 
 
+@pytest.mark.parametrize("shared_blocks", [0, 2])
+def test_train_modules_train_those_submodules_beside_the_deltas(ckpt, shared_blocks):
+    """`train_modules` unfreezes exactly the named encoder submodules, each gets a gradient in a step (also in
+    a task-shared trunk, before any delta), they join the "encoder" lr group and the breakdown counts them."""
+    from tensoradapt.sam import msam_param_groups
+
+    torch.manual_seed(4)
+    model = build_msam("tiny", SMALL, checkpoint=ckpt, train_modules="patch_embed,neck.2",
+                       shared_blocks=shared_blocks).train()
+    randomise_deltas(model, std=0.05)
+    plain = build_msam("tiny", SMALL, checkpoint=ckpt, shared_blocks=shared_blocks)
+    grad = {n for n, p in model.named_parameters() if p.requires_grad}
+    extra = grad - {n for n, p in plain.named_parameters() if p.requires_grad}
+    assert extra == {"image_encoder.patch_embed.proj.weight", "image_encoder.patch_embed.proj.bias",
+                     "image_encoder.neck.2.weight"}  # neck.2: the 3x3 conv (bias-free); nothing else
+    _step(model, torch.rand(2, 3, 96, 128))
+    assert all(model.get_parameter(n).grad is not None and model.get_parameter(n).grad.abs().sum() > 0
+               for n in extra)
+    groups = msam_param_groups(model)
+    assert all(groups["encoder"](n, model.get_parameter(n)) and not groups["delta"](n, model.get_parameter(n))
+               for n in extra)
+    b, b0 = parameter_breakdown(model), parameter_breakdown(plain)
+    assert b["encoder_other_trainable"] == sum(model.get_parameter(n).numel() for n in extra)
+    assert b["trainable"] - b0["trainable"] == b["encoder_other_trainable"] and b["delta"] == b0["delta"]
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"train_modules": "patch_embedding"}, r"no submodule 'patch_embedding' \(its children: \['patch_embed', 'blocks', 'neck'\]\)"),
+    ({"train_modules": ["blocks.1"]}, "'blocks.1' holds a task delta"),
+    ({"train_modules": "blocks.0.mlp", "targets": "qkv,mlp"}, "'blocks.0.mlp' holds a task delta"),
+    ({"train_modules": "neck", "decomp": "full"}, "does not apply to decomp='full'"),
+    ({"train_modules": "neck", "decomp": "frozen"}, "does not apply to decomp='frozen'"),
+    ({"train_modules": "neck; rm"}, "distinct dotted module names"),
+    ({"train_modules": 3}, "train_modules must be dotted module names"),
+])
+def test_train_modules_refuses_what_it_cannot_train(kw, match):
+    with pytest.raises(ValueError, match=match):
+        build_msam("tiny", SMALL, **kw)
+
+
+def test_train_modules_without_a_delta_in_that_module_is_accepted():
+    """A block's LayerNorm under a shared trunk, or the MLP of a block whose deltas sit in qkv only: allowed."""
+    model = build_msam("tiny", SMALL, train_modules=("blocks.0.mlp", "blocks.1.norm1"), shared_blocks=1)
+    assert all(p.requires_grad for p in model.image_encoder.blocks[0].mlp.parameters())
+    assert not any(p.requires_grad for p in model.image_encoder.blocks[1].mlp.parameters())
+
+
 @pytest.mark.parametrize("qkv", ["q", "k", "v", "qv", "kv", "qkv"])
 def test_qkv_subsets_adapt_exactly_those_rows(qkv):
     torch.manual_seed(5)

@@ -81,6 +81,19 @@ def test_round_trip_with_deltas_in_every_linear(ckpt, tmp_path):
     _assert_same_model(model, loaded)
 
 
+def test_round_trip_with_trained_encoder_modules(ckpt, tmp_path):
+    """The trained patch embedding is saved and restored (not re-read from the base checkpoint)."""
+    model = _trained(ckpt, "tucker", train_modules="patch_embed")
+    save_msam(model, tmp_path / "run")
+    saved = load_file(str(tmp_path / "run" / MSAM_WEIGHTS))
+    assert "image_encoder.patch_embed.proj.weight" in saved
+    loaded = load_msam(tmp_path / "run")
+    assert loaded.msam_config.train_modules == ("patch_embed",)
+    base = build_msam("tiny", SMALL, checkpoint=ckpt).image_encoder.patch_embed.proj.weight
+    assert not torch.equal(loaded.image_encoder.patch_embed.proj.weight, base)
+    _assert_same_model(model, loaded)
+
+
 def test_include_frozen_needs_no_base_checkpoint(tmp_path):
     torch.manual_seed(8)
     model = build_msam("tiny", SMALL, decomp="lora", qkv="qv")

@@ -56,6 +56,10 @@ def fail_line(capsys, argv: list[str]) -> str:
     (["--tasks", "semantic,semantic"], "--tasks"),
     (["--baseline", "/nonexistent/results.json"], "--baseline"),
     (["--batch-size", "x"], "--batch-size"),
+    (["--train-modules", "patch_embedding"], "--train-modules: the image encoder has no submodule 'patch_embedding'"),
+    (["--train-modules", "blocks.0.attn"], "--train-modules: 'blocks.0.attn' holds a task delta"),
+    (["--decomp", "full", "--train-modules", "neck"], "--train-modules does not apply to decomp='full'"),
+    (["--train-modules", "neck,,neck"], "--train-modules must be distinct dotted module names"),
 ])
 def test_bad_arguments_fail_with_one_clear_line(capsys, tmp_path, argv, needle):
     line = fail_line(capsys, argv + ["--out", str(tmp_path / "run")])

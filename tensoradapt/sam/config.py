@@ -239,6 +239,10 @@ class MSamConfig:
         shared_blocks: k, the task-shared trunk: the first k encoder blocks carry no delta and run once for
             the B images; the last depth - k blocks carry the task delta and run per task on the trunk's
             output (0, the default: every block adapted, the paper's model). SAM (ViT) encoders only.
+        train_modules: encoder submodules, by dotted name inside the image encoder (e.g. ("patch_embed",
+            "neck")), that train in full beside the deltas, one copy shared by the tasks (like PEFT's
+            `modules_to_save` with a single adapter). A module holding a task delta is refused, and so is any
+            for "full" (which trains everything) and "frozen" (which trains nothing). Default (): none.
     """
 
     sam: SamConfig | Sam2HieraConfig
@@ -255,6 +259,7 @@ class MSamConfig:
     grad_checkpointing: bool = False
     attention: str = "auto"
     shared_blocks: int = 0
+    train_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.sam, Mapping):
@@ -298,6 +303,10 @@ class MSamConfig:
             raise ValueError("attention 'chunked' applies to SAM (ViT) encoders only (SAM 2's Hiera has no "
                              "decomposed relative positions); use 'auto', 'sdpa' or 'sam'")
         self._check_shared_blocks()
+        self.train_modules = parse_train_modules(self.train_modules)
+        if self.train_modules and self.decomp in ("full", "frozen"):
+            raise ValueError(f"train_modules does not apply to decomp={self.decomp!r} (\"full\" trains the whole "
+                             f"encoder, \"frozen\" none of it); got {self.train_modules!r}")
 
     def _check_shared_blocks(self) -> None:
         k = self.shared_blocks
@@ -351,6 +360,22 @@ def parse_targets(targets: str | Any) -> tuple[str, ...]:
     if not names or bad or len(set(names)) != len(names):
         raise ValueError(f"targets must be a non-empty subset of {ENCODER_TARGETS} without repeats, got {targets!r}")
     return tuple(t for t in ENCODER_TARGETS if t in names)
+
+
+def parse_train_modules(names: str | Any) -> tuple[str, ...]:
+    """"patch_embed,neck" or a sequence of dotted module names -> a tuple (order kept); "" or () -> ().
+    Raises ValueError naming train_modules. Whether each name exists is checked when the model is built."""
+    items = [t.strip() for t in names.split(",") if t.strip()] if isinstance(names, str) else names
+    try:
+        items = list(items)
+    except TypeError:
+        raise ValueError(f"train_modules must be dotted module names like 'patch_embed,neck', got {names!r}") from None
+    bad = [t for t in items if not isinstance(t, str) or not all(part.isidentifier() or part.isdigit()
+                                                                     for part in t.split("."))]
+    if bad or len(set(items)) != len(items):
+        raise ValueError(f"train_modules must be distinct dotted module names like 'patch_embed' or "
+                         f"'blocks.0.norm1', got {names!r}")
+    return tuple(items)
 
 
 def _is_number(value: Any) -> bool:

@@ -25,7 +25,8 @@ What trains (`requires_grad`, set by the builder):
   and the neck's two LayerNorm2d), shared by the tasks;
 - "full" unfreezes the whole encoder (no deltas); "frozen" adds no delta and freezes the whole encoder,
   LayerNorms included (`train_norms` does not apply); "none" adds no delta but honours `train_norms`
-  (LayerNorm-only encoder tuning).
+  (LayerNorm-only encoder tuning);
+- `train_modules` (e.g. ("patch_embed", "neck")) trains those encoder submodules in full beside the deltas.
 
 The task bookkeeping, the trainable set and the forward above are `multitask.MultiTaskSAMBase`'s (shared with
 mSAM-2); this module supplies segment-anything's modules, weights, pre- / post-processing and decoder call.
@@ -199,6 +200,7 @@ def build_msam(
     grad_checkpointing: bool = False,
     attention: str = "auto",
     shared_blocks: int = 0,
+    train_modules: str | Sequence[str] = (),
 ) -> MultiTaskSAMBase:
     """Build an mSAM (see the module docstring for what it computes and what trains).
 
@@ -234,6 +236,8 @@ def build_msam(
             `tensoradapt.sam.attention`.
         shared_blocks: k, a task-shared trunk: the first k encoder blocks get no delta and run once for the
             B images, the rest run per task (0: every block adapted, the paper's model; SAM encoders only).
+        train_modules: encoder submodules trained in full beside the deltas, shared by the tasks, e.g.
+            ("patch_embed", "neck") or "patch_embed,neck" (PEFT's `modules_to_save`); none may hold a delta.
 
     Build on the meta device (`with torch.device("meta"): build_msam("vit_h", ...)`) to count parameters
     without allocating weights.
@@ -246,5 +250,6 @@ def build_msam(
         sam=sam, tasks=dict(tasks) if isinstance(tasks, Mapping) else tasks, decomp=decomp, ranks=ranks,
         qkv=qkv, targets=targets, scale=scale, dropout=dropout, train_norms=train_norms, init=init, checkpoint=source,
         grad_checkpointing=grad_checkpointing, attention=attention, shared_blocks=shared_blocks,
+        train_modules=train_modules,
     )
     return msam_from_config(config, checkpoint)

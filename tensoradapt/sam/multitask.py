@@ -166,13 +166,32 @@ class MultiTaskSAMBase(nn.Module):
 
     def trainable_modules(self) -> list[nn.Module]:
         """The modules (besides the deltas and no-mask embeddings) whose parameters train: every task's
-        `trained_decoder_parts`; the whole encoder for "full", else its norms if `train_norms` (not "frozen")."""
+        `trained_decoder_parts`; the whole encoder for "full", else its norms if `train_norms` (not "frozen")
+        and the config's `train_modules`."""
         c = self.msam_config
         mods = [part for dec in self.decoders.values() for part in self.trained_decoder_parts(dec)]
         if c.decomp == "full":
             mods.append(self.image_encoder)
         elif c.train_norms and c.decomp != "frozen":
             mods += self.encoder_norms()
+        return mods + self.train_modules()
+
+    def train_modules(self) -> list[nn.Module]:
+        """The encoder submodules named by the config's `train_modules`; raises ValueError naming one that does
+        not exist or that holds a task delta (its frozen base would train under the delta)."""
+        deltas = {id(p) for _, d in task_deltas(self) for p in d.parameters()}
+        mods = []
+        for name in self.msam_config.train_modules:
+            try:
+                mod = self.image_encoder.get_submodule(name)
+            except AttributeError:
+                children = [n for n, _ in self.image_encoder.named_children()]
+                raise ValueError(f"train_modules: the image encoder has no submodule {name!r} (its children: "
+                                 f"{children})") from None
+            if any(id(p) in deltas for p in mod.parameters()):
+                raise ValueError(f"train_modules: {name!r} holds a task delta; name a module without one (e.g. "
+                                 f"'patch_embed', 'neck' or a block's 'norm1')")
+            mods.append(mod)
         return mods
 
     def encoder_norms(self) -> list[nn.Module]:

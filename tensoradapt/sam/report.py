@@ -24,7 +24,7 @@ def parameter_breakdown(model: MultiTaskSAMBase) -> dict[str, int]:
     """Parameter counts by part: trainable / total, the deltas, decoders, embeddings, encoder norms.
 
     Works on the meta device (counts only). `trainable` is the sum of `delta`, `no_mask_embeds`,
-    `decoders_trainable`, `encoder_norms_trainable` and `encoder_other_trainable` ("full" only).
+    `decoders_trainable`, `encoder_norms_trainable` and `encoder_other_trainable` ("full", `train_modules`).
     """
     if not isinstance(model, MultiTaskSAMBase):
         raise TypeError(f"model must be an mSAM (MultiTaskSAM or MultiTaskSAM2), got {type(model).__name__}")
@@ -54,7 +54,7 @@ def parameter_breakdown(model: MultiTaskSAMBase) -> dict[str, int]:
 def msam_param_groups(model: MultiTaskSAMBase) -> dict[str, Callable[[str, Tensor], bool]]:
     """Predicates `(name, param) -> bool` for `MSAM_PARAM_GROUPS`, with `model`'s parameter names: "delta" (the
     encoder's task deltas), "embed" (the no-mask embeddings), "decoder" (the mask decoders), "encoder" (the rest
-    of the encoder: LayerNorms, or everything with "full"). For `Trainer(param_groups_by=...)` and
+    of the encoder: LayerNorms, `train_modules`, or everything with "full"). For `Trainer(param_groups_by=...)` and
     `TrainConfig.lr_scale`, e.g. {"delta": 0.33, "embed": 10}."""
     if not isinstance(model, MultiTaskSAMBase):
         raise TypeError(f"model must be an mSAM (MultiTaskSAM or MultiTaskSAM2), got {type(model).__name__}")

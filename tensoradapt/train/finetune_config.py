@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from .._utils import dataclass_kwargs
-from ..sam import DECOMPS, MSAM_PARAM_GROUPS, SAM2_CONFIGS, SAM_CONFIGS, MSamConfig, get_model_config
+import torch
+
+from ..sam import DECOMPS, MSAM_PARAM_GROUPS, SAM2_CONFIGS, SAM_CONFIGS, MSamConfig, get_model_config, msam_from_config
 from ..sam.config import parse_targets
 from .config import TrainConfig
 
@@ -102,6 +104,7 @@ class MSamOptions:
     grad_checkpointing: bool = _MSAM_DEFAULTS["grad_checkpointing"]
     attention: str = _MSAM_DEFAULTS["attention"]
     shared_blocks: int = _MSAM_DEFAULTS["shared_blocks"]
+    train_modules: tuple[str, ...] = _MSAM_DEFAULTS["train_modules"]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -181,7 +184,14 @@ class FinetuneConfig:
             raise _usage(e, tuple(f.name for f in dataclasses.fields(MSamOptions)), "model: ") from None
         if self.msam.ranks is not None:  # normalised: "4,8,8" or [4, 8, 8] -> (4, 8, 8)
             self.msam = dataclasses.replace(self.msam, ranks=resolved.ranks)
-        self.msam = dataclasses.replace(self.msam, targets=resolved.targets)  # "mlp,qkv" -> ("qkv", "mlp")
+        self.msam = dataclasses.replace(self.msam, targets=resolved.targets,  # "mlp,qkv" -> ("qkv", "mlp")
+                                        train_modules=resolved.train_modules)  # "patch_embed" -> ("patch_embed",)
+        if resolved.train_modules:  # do the names exist in this encoder? (a structure-only build, no weights)
+            try:
+                with torch.device("meta"):
+                    msam_from_config(resolved)
+            except ValueError as e:
+                raise UsageError(flag("train_modules") + str(e)[len("train_modules"):]) from None
         try:
             self.train.check_tasks(specs)
         except ValueError as e:
