@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from .._utils import dataclass_kwargs
 import torch
 
+from .._utils import dataclass_kwargs
 from ..sam import DECOMPS, MSAM_PARAM_GROUPS, SAM2_CONFIGS, SAM_CONFIGS, MSamConfig, get_model_config, msam_from_config
 from ..sam.config import parse_targets
 from .config import TrainConfig
