@@ -60,7 +60,7 @@ def _usage(error: ValueError | TypeError, fields: tuple[str, ...], prefix: str =
     """`error` as a UsageError, its leading field name (if one of `fields`) written as the CLI flag."""
     msg = str(error).splitlines()[0] if str(error) else repr(error)
     for name in sorted(fields, key=len, reverse=True):
-        if msg.startswith(name + " ") or msg.startswith(name + "["):
+        if msg.startswith((name + " ", name + "[", name + ":")):
             return UsageError(flag(name) + msg[len(name):])
     return UsageError(prefix + msg)
 
@@ -191,7 +191,7 @@ class FinetuneConfig:
                 with torch.device("meta"):
                     msam_from_config(resolved)
             except ValueError as e:
-                raise UsageError(flag("train_modules") + str(e)[len("train_modules"):]) from None
+                raise _usage(e, ("train_modules",)) from None
         try:
             self.train.check_tasks(specs)
         except ValueError as e:

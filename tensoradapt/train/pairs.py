@@ -48,9 +48,14 @@ def _metrics(row: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _condition(row: dict[str, Any]) -> tuple:
+    """A row's (task_set, shared_blocks) condition ((None, None) in a sweep without those axes)."""
+    return row.get("task_set"), row.get("shared_blocks")
+
+
 def _groups(rows: Sequence[dict[str, Any]]) -> list[tuple]:
-    """The (task_set, shared_blocks) conditions in `rows` ((None, None) for a sweep without those axes)."""
-    return sorted({(r.get("task_set"), r.get("shared_blocks")) for r in rows}, key=lambda g: tuple(map(str, g)))
+    """The conditions (`_condition`) in `rows`, sorted."""
+    return sorted({_condition(r) for r in rows}, key=lambda g: tuple(map(str, g)))
 
 
 def paired_delta_m(rows: Sequence[dict[str, Any]], a: Config, b: Config) -> dict[str, Any]:
@@ -89,7 +94,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[Co
     lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for a, b in pairs:
         for task_set, k in groups:
-            sub = [r for r in rows if (r.get("task_set"), r.get("shared_blocks")) == (task_set, k)]
+            sub = [r for r in rows if _condition(r) == (task_set, k)]
             ran = [{r["seed"] for r in sub if config_of(r) == c} for c in (a, b)]
             if scaling and not ran[0] & ran[1]:  # e.g. the frozen encoder has no k > 0 cells: skip the condition
                 continue
