@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--threads", type=int, default=d.threads, help="torch intra-op threads; 0 (default): torch's, every core. "
       "Running several runs side by side, give each --threads 1: two default runs on 2 cores each ran 2.7x "
       "slower than with one thread each")
+    a("--no-flush-denormal", dest="flush_denormal", action="store_false",
+      help="keep subnormal floats (by default the CPU computes them as zero: sharp attention makes them "
+           "common, and they are slow)")
     a("--out", default=None, help="output folder (default runs/sam_mtl/<decomp>-seed<seed>)")
     a("--resume", action="store_true", help="continue from <out>/last.pt")
     a("--baseline", default=None, help="results.json of the single-task baseline for delta-m (e.g. the lora run)")

@@ -337,6 +337,24 @@ def test_targets_flag_reaches_the_model(mini, tmp_path):
         sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(base_args(mini, tmp_path / "t", "--targets", "ffn")))
 
 
+@pytest.mark.parametrize("extra, flushed", [((), True), (("--no-flush-denormal",), False)])
+def test_the_run_flushes_subnormals_while_it_trains_and_restores_the_flag(mini, tmp_path, extra, flushed):
+    from tensoradapt._utils import denormals_flushed
+
+    seen = []
+    cfg = sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(base_args(mini, tmp_path / "r", *extra)))
+    assert cfg.flush_denormal is flushed
+    results = finetune.run(cfg, callbacks=[lambda trainer: seen.append(denormals_flushed())])
+    assert seen and set(seen) == {flushed}  # every optimiser step ran under the requested flag
+    assert not denormals_flushed()  # and the process gets torch's default back
+    assert results["config"]["flush_denormal"] is flushed
+
+
+def test_flush_denormal_must_be_a_bool():
+    with pytest.raises(finetune.UsageError, match="^flush_denormal must be True or False; got 'yes'"):
+        finetune.FinetuneConfig(flush_denormal="yes")
+
+
 def test_the_readmes_paper_command_parses_into_the_papers_setting(tmp_path):
     import re
     import shlex

@@ -1,5 +1,5 @@
 """The shared pieces: atomic files (permissions per umask, nothing left behind), strict state subsets,
-frozen-weight fingerprints."""
+frozen-weight fingerprints, the subnormal flag."""
 import os
 import stat
 
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from tensoradapt._utils import (
-    StateMismatchError, atomic_path, atomic_write_text, fingerprint_mismatch, frozen_fingerprint,
-    load_state_subset, trainable_state_dict,
+    StateMismatchError, atomic_path, atomic_write_text, denormals_flushed, fingerprint_mismatch, flush_denormal,
+    frozen_fingerprint, load_state_subset, trainable_state_dict,
 )
 
 
@@ -99,3 +99,26 @@ def test_fingerprint_names_the_changed_frozen_tensor():
     assert "0.bias" in fingerprint_mismatch(fp, frozen_fingerprint(m))
     m[2].requires_grad_(False)
     assert "model only" in fingerprint_mismatch(fp, frozen_fingerprint(m))
+
+
+def test_flush_denormal_zeroes_subnormals_inside_and_restores_the_flag():
+    tiny = torch.full((4,), 1e-39)  # float32 subnormal
+    assert not denormals_flushed()  # torch's default, which every other test runs under
+    with flush_denormal() as on:
+        assert on and denormals_flushed()
+        assert torch.equal(tiny * 1.0, torch.zeros(4))
+        assert (torch.full((4,), 2e-38) * 1.0 == 2e-38).all()  # normal floats are untouched
+        with flush_denormal(False) as inner:  # a nested opt-out, then back on
+            assert not inner and (tiny * 1.0 == 1e-39).all()
+        assert denormals_flushed()
+        with flush_denormal():  # nested on: leaving it must not turn the outer off
+            pass
+        assert denormals_flushed()
+    assert not denormals_flushed() and (tiny * 1.0 == 1e-39).all()
+
+
+def test_flush_denormal_restores_the_flag_after_an_error():
+    with pytest.raises(RuntimeError, match="boom"):
+        with flush_denormal():
+            raise RuntimeError("boom")
+    assert not denormals_flushed()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .._utils import atomic_write_json
+from .._utils import atomic_write_json, flush_denormal
 from ..sam import MultiTaskSAMBase, msam_param_groups
 from .checkpoint import CheckpointError, load_checkpoint, load_trainable_state_dict
 from .distributed import barrier, cleanup_distributed, init_distributed
@@ -183,8 +183,16 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
 
     `callbacks` go to the `Trainer` (called after every optimiser step); `model_builder(cfg, checkpoint)`
     builds the model (default `build_model`, the mSAM). Raises `UsageError` for anything wrong with the
-    request, before training starts; `NonFiniteLossError` if a loss turns NaN / inf.
+    request, before training starts; `NonFiniteLossError` if a loss turns NaN / inf. With
+    `cfg.flush_denormal` the CPU computes subnormal floats as zero for the run (set first, so that torch's
+    intra-op threads inherit it; restored on return).
     """
+    with flush_denormal(cfg.flush_denormal):
+        return _run(cfg, resume, callbacks, model_builder)
+
+
+def _run(cfg: FinetuneConfig, resume: bool, callbacks: Iterable[Callable[[Trainer], None]],
+         model_builder: ModelBuilder) -> dict[str, Any]:
     t_start = time.perf_counter()
     try:
         info = init_distributed(cfg.train.device)

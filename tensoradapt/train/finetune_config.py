@@ -125,7 +125,9 @@ class FinetuneConfig:
     project's pretrained SAM for `PRETRAINED_MODELS`, else random weights; "none": random init); `data` / `data_root`: the
     dataset (`DATASETS`; the synthetic scenes are generated on first use); `image_size`: (H, W) the samples
     are resized to (None: the model's default); `train_size` / `val_size`: use only the first N samples;
-    `threads`: torch intra-op threads (0: torch's default, every core); `out`: output folder (None:
+    `threads`: torch intra-op threads (0: torch's default, every core); `flush_denormal`: compute subnormal
+    floats as zero on the CPU (`tensoradapt._utils.denormal`: sharp attention makes them common, and they
+    are slow; the T = 8 training step took 1.72x as long without); `out`: output folder (None:
     runs/sam_mtl/<decomp>-seed<seed>); `baseline`: results.json of the single-task baseline for delta-m;
     `num_figures`: validation images drawn in predictions.png.
     """
@@ -142,6 +144,7 @@ class FinetuneConfig:
     msam: MSamOptions = field(default_factory=MSamOptions)
     train: TrainConfig = field(default_factory=finetune_train_config)
     threads: int = 0
+    flush_denormal: bool = True
     out: str | None = None
     baseline: str | None = None
     num_figures: int = 3
@@ -174,6 +177,8 @@ class FinetuneConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise UsageError(f"{flag(name)} must be positive; got {v}")
+        if not isinstance(self.flush_denormal, bool):
+            raise UsageError(f"flush_denormal must be True or False; got {self.flush_denormal!r}")
         for name in ("threads", "num_figures"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{flag(name)} must be >= 0; got {getattr(self, name)}")
