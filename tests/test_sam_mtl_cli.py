@@ -123,7 +123,8 @@ def test_resume_differences_ignore_tolerant_fields_only():
     cfg = FinetuneConfig().updated(decomp="cp", ranks=2)
     stored = json.loads(json.dumps(cfg.to_dict()))
     later = cfg.updated(out="elsewhere", num_figures=0, threads=2, progress=False, num_workers=2,
-                        ckpt_every_steps=3, device="cpu", attention="sam", grad_checkpointing=True)
+                        ckpt_every_steps=3, device="cpu", attention="sam", grad_checkpointing=True,
+                        flush_denormal=False)
     assert later.resume_differences(stored) == {}  # the attention kernel and checkpointing change no result
     changed = cfg.updated(ranks=3, lr=0.5, image_size=(48, 64))
     assert changed.resume_differences(stored) == {
@@ -346,8 +347,40 @@ def test_the_run_flushes_subnormals_while_it_trains_and_restores_the_flag(mini, 
     assert cfg.flush_denormal is flushed
     results = finetune.run(cfg, callbacks=[lambda trainer: seen.append(denormals_flushed())])
     assert seen and set(seen) == {flushed}  # every optimiser step ran under the requested flag
-    assert not denormals_flushed()  # and the process gets torch's default back
-    assert results["config"]["flush_denormal"] is flushed
+    assert not denormals_flushed()  # and this thread gets torch's default back
+    assert results["config"]["flush_denormal"] is flushed and results["denormals_flushed"] is flushed
+
+
+_TWO_THREADS = """
+import sys, torch
+sys.path.insert(0, {experiments!r})
+import sam_mtl
+from tensoradapt.train import finetune
+seen = []
+def check(trainer):  # made in the run: a big op before it would start the threads unflushed
+    # float32 subnormals made from their bits (a float fill would already flush them on this thread); 2 chunks
+    # of torch's elementwise grain, so both threads compute the product
+    subnormals = torch.full((1 << 16,), 1 << 20, dtype=torch.int32).view(torch.float32)
+    seen.append(bool(((subnormals * 1.0) == 0).all()))
+def build(cfg, checkpoint):  # as loading real weights does, start the thread pool before training
+    torch.ones(1 << 20).add_(1.0)
+    return finetune.build_model(cfg, checkpoint)
+cfg = sam_mtl.config_from_args(sam_mtl.build_parser().parse_args({argv!r}))
+finetune.run(cfg, callbacks=[check], model_builder=build)
+print(len(seen), all(seen))
+"""
+
+
+def test_every_intra_op_thread_of_a_fresh_run_flushes(mini, tmp_path):
+    # The flag is per thread and threads inherit it when created: `run` must set it before its first
+    # multi-threaded op, or half of each parallel op keeps the slow subnormals.
+    argv = base_args(mini, tmp_path / "r", "--threads", "2")
+    code = _TWO_THREADS.format(experiments=str(ROOT / "experiments"), argv=argv)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    steps, all_flushed = out.stdout.split()[-2:]
+    assert int(steps) > 0 and all_flushed == "True"
 
 
 def test_flush_denormal_must_be_a_bool():

@@ -184,15 +184,16 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
     `callbacks` go to the `Trainer` (called after every optimiser step); `model_builder(cfg, checkpoint)`
     builds the model (default `build_model`, the mSAM). Raises `UsageError` for anything wrong with the
     request, before training starts; `NonFiniteLossError` if a loss turns NaN / inf. With
-    `cfg.flush_denormal` the CPU computes subnormal floats as zero for the run (set first, so that torch's
-    intra-op threads inherit it; restored on return).
+    `cfg.flush_denormal` the CPU computes subnormal floats as zero for the run (`_utils.denormal`): set first,
+    so that the intra-op threads the run starts inherit it; the calling thread's flag is restored on return,
+    and results.json's "denormals_flushed" says whether it was in effect.
     """
-    with flush_denormal(cfg.flush_denormal):
-        return _run(cfg, resume, callbacks, model_builder)
+    with flush_denormal(cfg.flush_denormal) as flushed:
+        return _run(cfg, resume, callbacks, model_builder, flushed)
 
 
 def _run(cfg: FinetuneConfig, resume: bool, callbacks: Iterable[Callable[[Trainer], None]],
-         model_builder: ModelBuilder) -> dict[str, Any]:
+         model_builder: ModelBuilder, flushed: bool) -> dict[str, Any]:
     t_start = time.perf_counter()
     try:
         info = init_distributed(cfg.train.device)
@@ -247,6 +248,7 @@ def _run(cfg: FinetuneConfig, resume: bool, callbacks: Iterable[Callable[[Traine
                                  log=out / "log.jsonl", setup_time=setup_time, device=info.device,
                                  world_size=info.world_size)
         results["checkpoint_sha256"] = sam_sha256
+        results["denormals_flushed"] = flushed
         if hasattr(model, "msam_config"):
             results["msam_config"] = model.msam_config.to_dict()
         results["figures"] = _figures(cfg, model, tasks, val, out, info.device, ranks)

@@ -150,7 +150,8 @@ class FinetuneConfig:
     num_figures: int = 3
 
     #: fields that may change between a run and its resumption (and train/config.py's RESUME_TOLERANT_FIELDS)
-    RESUME_TOLERANT_FIELDS: ClassVar[frozenset[str]] = frozenset({"threads", "out", "baseline", "num_figures"})
+    RESUME_TOLERANT_FIELDS: ClassVar[frozenset[str]] = frozenset({"threads", "flush_denormal", "out", "baseline",
+                                                                   "num_figures"})
     #: msam fields that change how, not what, the model computes (equal to float tolerance)
     RESUME_TOLERANT_MSAM: ClassVar[frozenset[str]] = frozenset({"attention", "grad_checkpointing"})
 
