@@ -4,6 +4,9 @@
 #   .ci/gpu_checks.sh sweep                # the default rank_ablation sweep, SHARDS processes sharing the GPU for
 #                                          # SWEEP_S seconds (SWEEP_ARGS: more rank_ablation flags, e.g.
 #                                          # "--seeds 0,1"); the finished cells come back in $OUT/sweep.tgz
+#   SWEEP_SCRIPT=task_scaling.py SWEEP_ARGS="--epochs 15 --eval-every 3" .ci/gpu_checks.sh sweep
+#                                          # the same for the task-scaling sweep (its CPU cells in docs/sweeps ran
+#                                          # --amp auto, i.e. off on a CPU: another setting, so they are not reused)
 # Missing pure-Python packages travel as wheels in .whl/ (segment-anything, tensorly); results go to $OUT
 # (default runs/gpu_checks). Each part has its own time limit, so one that hangs leaves the others' results.
 set -uo pipefail
@@ -30,13 +33,13 @@ for part in "$@"; do
     timeout 240 python3 experiments/benchmarks/bench_attention.py --model vit_l --image-size 1024 --batch 2 \
       --device cuda --amp bf16 --repeats 3 --out "$OUT/bench_attention_vit_l.json" 2>&1 | tee "$OUT/bench_vit_l.log" ;;
   sweep)
-    SWEEP=/tmp/rank_ablation; mkdir -p "$SWEEP/logs"
+    SCRIPT=experiments/${SWEEP_SCRIPT:-rank_ablation.py}; SWEEP=/tmp/$(basename "$SCRIPT" .py); mkdir -p "$SWEEP/logs"
     for i in $(seq 0 $((${SHARDS:-8} - 1))); do
-      timeout "${SWEEP_S:-390}" python3 experiments/rank_ablation.py --device cuda --amp off --threads 1 \
+      timeout "${SWEEP_S:-390}" python3 "$SCRIPT" --device cuda --amp off --threads 1 \
         --num-workers 1 --shard "$i/${SHARDS:-8}" --out "$SWEEP" ${SWEEP_ARGS:-} > "$SWEEP/logs/shard_$i.log" 2>&1 &
     done
     wait
-    python3 experiments/rank_ablation.py --table-only --out "$SWEEP" 2>&1 | tail -1
+    python3 "$SCRIPT" --table-only --out "$SWEEP" 2>&1 | tail -1
     tar czf "$OUT/sweep.tgz" --exclude='*.pt' -C "$SWEEP" . ;;
   *) echo "unknown part $part (tests, bench, sweep)"; exit 2 ;;
   esac
