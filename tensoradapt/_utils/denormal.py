@@ -22,6 +22,7 @@ import torch
 
 __all__ = ["denormals_flushed", "flush_denormal"]
 
+
 def denormals_flushed() -> bool:
     """Whether the calling thread computes float32 subnormals as zero (torch has no getter for the flag)."""
     # a subnormal made from its bits (2^20 * 2^-149 = 1.5e-39), so no float conversion can flush it first; one
