@@ -279,9 +279,13 @@ def test_torchrun_two_processes_match_one_process(mini, tmp_path):
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5, msg=k)
     ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert rb["world_size"] == 2
+    # a share of pixels under a threshold (normal "within_22.5") may flip one pixel of the 2 x 48 x 64 validation
+    # pixels: weights equal to 1e-5 put one pixel on the other side of 22.5 degrees on an Intel Xeon
+    one_pixel = 100 / (2 * 48 * 64)
     for t, metrics in ra["metrics"].items():
         for m, v in metrics.items():
-            assert rb["metrics"][t][m] == pytest.approx(v, rel=1e-3, abs=1e-3), (t, m)
+            tol = 1.01 * one_pixel if m.startswith("within_") else 1e-3
+            assert rb["metrics"][t][m] == pytest.approx(v, rel=1e-3, abs=tol), (t, m)
 
 
 def test_nonfinite_loss_stops_with_one_line_naming_step_and_task(capsys, mini, tmp_path, monkeypatch):
