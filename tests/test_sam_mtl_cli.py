@@ -125,7 +125,7 @@ def test_resume_differences_ignore_tolerant_fields_only():
     later = cfg.updated(out="elsewhere", num_figures=0, threads=2, progress=False, num_workers=2,
                         ckpt_every_steps=3, device="cpu", attention="sam", grad_checkpointing=True,
                         flush_denormal=False)
-    assert later.resume_differences(stored) == {}  # the attention kernel and checkpointing change no result
+    assert later.resume_differences(stored) == {}  # kernel, checkpointing, subnormal flag: float noise only
     changed = cfg.updated(ranks=3, lr=0.5, image_size=(48, 64))
     assert changed.resume_differences(stored) == {
         "ranks": (2, 3), "lr": (FinetuneConfig().train.lr, 0.5), "image_size": (None, [48, 64])}
