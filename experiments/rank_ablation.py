@@ -153,15 +153,15 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
             state = "done" if ablation.cell_done(out, c) else f"copy from {args.reuse}" if c.name in reused else "todo"
             print(f"{c.name:32s} {state}")
         return 0
-    if args.compare:
-        return compare(grid, out, args.compare)
-    if args.table_only:
-        rows = ablation.write_outputs(grid, out)
-        print(f"[rank_ablation] {len(rows)} finished cells -> {out / ablation.TABLE_CSV}")
-        return 0
     try:
+        if args.compare:
+            return compare(grid, out, args.compare)
+        if args.table_only:
+            rows = ablation.write_outputs(grid, out)
+            print(f"[rank_ablation] {len(rows)} finished cells -> {out / ablation.TABLE_CSV}")
+            return 0
         ablation.run_grid(grid, out, shard=args.shard)
-    except UsageError as e:
+    except UsageError as e:  # a finished cell that ran other settings
         print(f"rank_ablation.py: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -193,6 +193,23 @@ def test_per_seed_sweeps_share_one_table_and_stale_cells_are_refused(tmp_path, m
     ra.run_grid(small_grid(mini_data, seeds=(0,)), out, log=lambda *_: None, train_cell=toy_cell)
 
 
+def test_the_table_refuses_a_cell_of_a_task_since_renamed(tmp_path, mini_data):
+    """Session 10's T = 8 cells named `curvature`, redefined as `nonplanar`: such a cell's numbers must not
+    enter a table (the --table-only and --compare paths read cells without running the grid)."""
+    out = tmp_path / "sweep"
+    grid = small_grid(mini_data, seeds=(0,))
+    ra.run_grid(grid, out, log=lambda *_: None, train_cell=toy_cell)
+    assert ra.collect_rows(grid, out)
+    cell = next(iter(grid.cells()))
+    res_path = out / "cells" / cell.name / "results.json"
+    res = json.loads(res_path.read_text())
+    res["config"]["tasks"] = ["semantic", "curvature"]
+    res_path.write_text(json.dumps(res))
+    for read in (ra.collect_rows, ra.write_outputs):
+        with pytest.raises(finetune.UsageError, match=rf"{cell.name} .*tasks \['semantic', 'curvature'\] -> "):
+            read(grid, out)
+
+
 def test_t_interval_matches_the_textbook_value():
     assert ra.t_interval([1.0, 2.0, 3.0]) == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)  # t(0.975, 2 dof) sd/sqrt(n)
     assert ra.t_interval([5.0, 5.0]) == 0.0

@@ -7,7 +7,7 @@
 Per (method, T, k), side by side in one process: trainable and delta parameters; the encoder's forward +
 backward in a train step and its all-task inference (what the trunk shares); the whole train step and the
 whole all-task inference (the decoders are never shared); peak tensor memory of a train step. The tasks are
-the first T of the task table (semantic, depth, normal, boundary, occlusion, contour, offset, curvature).
+the first T of the task table (semantic, depth, normal, boundary, occlusion, contour, offset, nonplanar).
 Ratios are against k = 0 of the same method and T; the arithmetic bound of the encoder's ratio at k = L/2
 is (1 + T) / 2T. Times are medians of interleaved repeats.
 """

@@ -172,7 +172,7 @@ class NYUv2(Dataset):
             None keeps the stored resolution.
         with_instance: also return ``instance`` (H, W) int64 (needs an ``instance/`` folder).
         derived: names of targets derived from the sample's maps after augmentation
-            (`tensoradapt.data.derived.DERIVED`: boundary, occlusion, contour, offset, curvature; contour and
+            (`tensoradapt.data.derived.DERIVED`: boundary, occlusion, contour, offset, nonplanar; contour and
             offset need the instance ids, so they turn `with_instance` on).
 
     ``__getitem__`` returns ``{"image": (3, H, W) float32 in [0, 1], "semantic": (H, W) int64 (-1 =

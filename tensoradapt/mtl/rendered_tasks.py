@@ -1,8 +1,9 @@
 """The tasks beyond NYUv2's three, derived exactly from the synthetic renderer's maps (`tensoradapt.data.derived`):
 two families, each with its loss, metrics and their directions.
 
-* `EdgeTask` (1 channel, a binary edge map; -1 = ignore): class-balanced binary cross-entropy on the logits;
-  F1, precision and recall of `logit > 0` against the edges, pooled over the set (higher is better).
+* `EdgeTask` (1 channel, a binary map of edges or regions; -1 = ignore): class-balanced binary cross-entropy on
+  the logits; F1, precision and recall of `logit > 0` against the positives, pooled over the set (higher is
+  better).
 * `RegressionTask` (C channels; pixels whose target's first channel is -1 are ignored when `ignore_negative`):
   L1; the mean absolute error per valid pixel and channel (lower is better).
 """
@@ -69,7 +70,8 @@ class RegressionMeter(Meter):
 
 @dataclass(frozen=True)
 class EdgeTask(TaskSpec):
-    """A binary edge map: sigmoid output; BCE weighted so edge and non-edge pixels count equally; F1."""
+    """A binary map (edges, or rare regions such as non-planar surfaces): sigmoid output; BCE weighted so
+    positive and negative pixels count equally; F1 of the positives."""
 
     def activate(self, logits: Tensor) -> Tensor:
         return logits.sigmoid()
@@ -110,11 +112,13 @@ class RegressionTask(TaskSpec):
 
 
 _F1 = {"f1": 1, "precision": 1, "recall": 1}
-#: name -> spec of every task `tensoradapt.data.derived` makes from the synthetic scenes' maps
+#: name -> spec of every task `tensoradapt.data.derived` makes from the synthetic scenes' maps. Finished runs are
+#: matched to a task by its name (`FinetuneConfig.tasks`), so a task whose definition changes takes a new name:
+#: `nonplanar` replaced `curvature`, an L1 regression that predicting 0 everywhere minimised.
 RENDERED_TASKS: dict[str, TaskSpec] = {
     "boundary": EdgeTask("boundary", 1, _F1, "f1"),          # edges between semantic classes
     "occlusion": EdgeTask("occlusion", 1, _F1, "f1"),        # depth discontinuities (> 10 % jumps)
     "contour": EdgeTask("contour", 1, _F1, "f1"),            # edges between object instances
     "offset": RegressionTask("offset", 2, {"abs_err": -1}, "abs_err", ignore_negative=False),  # to the centroid
-    "curvature": RegressionTask("curvature", 1, {"abs_err": -1}, "abs_err"),  # radians between neighbours
+    "nonplanar": EdgeTask("nonplanar", 1, _F1, "f1"),        # creases and curved surfaces (not planes)
 }

@@ -347,7 +347,7 @@ NYUV2_TASKS: dict[str, TaskSpec] = {
 
 def task_table() -> dict[str, TaskSpec]:
     """Every known task: NYUv2's three, then those derived from the synthetic renderer's maps
-    (`rendered_tasks.RENDERED_TASKS`: boundary, occlusion, contour, offset, curvature)."""
+    (`rendered_tasks.RENDERED_TASKS`: boundary, occlusion, contour, offset, nonplanar)."""
     from .rendered_tasks import RENDERED_TASKS
 
     return {**NYUV2_TASKS, **RENDERED_TASKS}

@@ -34,10 +34,11 @@ from .stats import t_interval
 from .summary import PAIRED_COLUMNS, metric_columns, summarize, summary_markdown, write_csv
 
 __all__ = [
-    "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "adopt_cells", "cell_done", "stale_settings", "seeds_on_disk",
-    "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns", "BASELINE_DECOMP",
-    "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT", "RANK_PLOT",
-    "TASKS_PLOT", "DEFAULT_RUN", "SWEEP_RUN", "QUICK_RUN", "PAIRED_COLUMNS", "t_interval", "task_scaling_grid",
+    "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "adopt_cells", "cell_done", "stale_settings",
+    "refuse_stale", "seeds_on_disk", "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns",
+    "BASELINE_DECOMP", "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT",
+    "RANK_PLOT", "TASKS_PLOT", "DEFAULT_RUN", "SWEEP_RUN", "QUICK_RUN", "PAIRED_COLUMNS", "t_interval",
+    "task_scaling_grid",
 ]
 
 TABLE_CSV, TABLE_JSON, SUMMARY_CSV, SUMMARY_MD = "table.csv", "table.json", "summary.csv", "summary.md"
@@ -218,6 +219,18 @@ def stale_settings(grid: Grid, out: Path, cell: Cell) -> list[str]:
     return settings_differences(grid.experiment_config(cell, out), res)
 
 
+def refuse_stale(grid: Grid, out: Path) -> None:
+    """Raise `UsageError` naming the first finished cell in `out` that ran other settings than `grid` asks for
+    (e.g. a task set with a task since renamed), so its numbers never enter a table or a resumed sweep."""
+    seeds = tuple(sorted(set(grid.seeds) | seeds_on_disk(out)))
+    for c in dataclasses.replace(grid, seeds=seeds).cells():
+        stale = cell_done(out, c) and stale_settings(grid, out, c)
+        if stale:
+            raise UsageError(
+                f"cell {c.name} in {out} was run with other settings ({', '.join(stale)}): "
+                "use another --out, or delete that cell to rerun it")
+
+
 def seeds_on_disk(out: Path) -> set[int]:
     """Seeds of the cells already in `out` (e.g. from sweeps run per seed in parallel)."""
     found = set()
@@ -274,13 +287,8 @@ def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "grid.json", grid.to_dict())
+    refuse_stale(grid, out)
     cells = grid.cells()
-    for c in cells:
-        stale = cell_done(out, c) and stale_settings(grid, out, c)
-        if stale:
-            raise UsageError(
-                f"cell {c.name} in {out} was run with other settings ({', '.join(stale)}): "
-                "use another --out, or delete that cell to rerun it")
     if shard is not None:
         i, n = shard
         if not 0 <= i < n:
@@ -321,6 +329,7 @@ def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
     delta-m against the same seed's LoRA-STL cell."""
     from ..mtl import delta_m, get_tasks
 
+    refuse_stale(grid, out)
     results: dict[Cell, dict] = {}
     grid = dataclasses.replace(grid, seeds=tuple(sorted(set(grid.seeds) | seeds_on_disk(out))))
     for cell in grid.cells():
