@@ -193,14 +193,16 @@ def test_per_seed_sweeps_share_one_table_and_stale_cells_are_refused(tmp_path, m
     ra.run_grid(small_grid(mini_data, seeds=(0,)), out, log=lambda *_: None, train_cell=toy_cell)
 
 
-def test_the_table_refuses_a_cell_of_a_task_since_renamed(tmp_path, mini_data):
+def test_the_table_refuses_a_cell_of_a_task_since_renamed(tmp_path, mini_data, capsys):
     """Session 10's T = 8 cells named `curvature`, redefined as `nonplanar`: such a cell's numbers must not
-    enter a table (the --table-only and --compare paths read cells without running the grid)."""
+    enter a table (the --table-only and --compare paths read cells without running the grid), also when it
+    belongs to a seed the grid does not list (the table takes every seed on disk)."""
     out = tmp_path / "sweep"
+    for seed in (0, 1):
+        ra.run_grid(small_grid(mini_data, seeds=(seed,)), out, log=lambda *_: None, train_cell=toy_cell)
     grid = small_grid(mini_data, seeds=(0,))
-    ra.run_grid(grid, out, log=lambda *_: None, train_cell=toy_cell)
-    assert ra.collect_rows(grid, out)
-    cell = next(iter(grid.cells()))
+    assert {r["seed"] for r in ra.collect_rows(grid, out)} == {0, 1}
+    cell = next(c for c in small_grid(mini_data, seeds=(1,)).cells())
     res_path = out / "cells" / cell.name / "results.json"
     res = json.loads(res_path.read_text())
     res["config"]["tasks"] = ["semantic", "curvature"]
@@ -208,6 +210,15 @@ def test_the_table_refuses_a_cell_of_a_task_since_renamed(tmp_path, mini_data):
     for read in (ra.collect_rows, ra.write_outputs):
         with pytest.raises(finetune.UsageError, match=rf"{cell.name} .*tasks \['semantic', 'curvature'\] -> "):
             read(grid, out)
+    # the command line: one line on stderr and status 2, not a traceback
+    quick = tmp_path / "quick"
+    name = ra.quick_grid().cells()[0].name
+    (quick / "cells" / name).mkdir(parents=True)
+    (quick / "cells" / name / "results.json").write_text(json.dumps({"config": {"tasks": ["curvature"]}}))
+    for args in (["--table-only"], ["--compare", "tucker", "lora"]):
+        assert cli.main(["--quick", "--out", str(quick), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and name in err and "curvature" in err
 
 
 def test_t_interval_matches_the_textbook_value():

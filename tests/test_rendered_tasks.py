@@ -36,12 +36,18 @@ def test_targets_follow_the_flip():
     inst = torch.randint(1, 4, (6, 8), generator=g)
     sample = {"image": torch.rand(3, 6, 8, generator=g), "semantic": torch.randint(-1, 5, (6, 8), generator=g),
               "depth": torch.rand(1, 6, 8, generator=g) + 0.5,
-              "normal": torch.nn.functional.normalize(torch.randn(3, 6, 8, generator=g), dim=0), "instance": inst}
+              "instance": inst}
+    # piecewise planar: four 3 x 4 facets, so the non-planar map holds creases (1) and planes (0)
+    facets = torch.nn.functional.normalize(torch.randn(3, 2, 2, generator=g), dim=0)
+    sample["normal"] = facets.repeat_interleave(3, dim=1).repeat_interleave(4, dim=2)
     names = ["boundary", "occlusion", "contour", "offset", "nonplanar"]
     before = add_derived(dict(sample), names)      # derived, then flipped by hand
     after = add_derived(hflip(sample), names)      # flipped, then derived (what the dataset does)
+    assert set(before["nonplanar"].unique().tolist()) == {0.0, 1.0}
     for name in ["boundary", "occlusion", "contour", "nonplanar"]:
         assert torch.allclose(after[name], torch.flip(before[name], [-1]), atol=1e-6), name
+    flipped = curvature(hflip(sample)["normal"])  # the angles, not only their threshold, follow the flip
+    assert torch.allclose(flipped, torch.flip(curvature(sample["normal"]), [-1]), atol=1e-6)
     want = torch.flip(before["offset"], [-1]) * torch.tensor([1.0, -1.0]).view(2, 1, 1)
     assert torch.allclose(after["offset"], want, atol=1e-6)  # the x offsets change sign
 

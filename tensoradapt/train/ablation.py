@@ -227,8 +227,8 @@ def refuse_stale(grid: Grid, out: Path) -> None:
         stale = cell_done(out, c) and stale_settings(grid, out, c)
         if stale:
             raise UsageError(
-                f"cell {c.name} in {out} was run with other settings ({', '.join(stale)}): "
-                "use another --out, or delete that cell to rerun it")
+                f"cell {c.name} in {out} was run with other settings ({', '.join(stale)}): use another --out, "
+                "leave that cell out of the grid (--seeds, --task-counts, ...), or delete it to rerun it")
 
 
 def seeds_on_disk(out: Path) -> set[int]:
@@ -326,7 +326,7 @@ def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
 # ---------------------------------------------------------------------------------------------- table
 def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
     """One row per finished cell of the grid (for its seeds and any other seed found in `out`), with
-    delta-m against the same seed's LoRA-STL cell."""
+    delta-m against the same seed's LoRA-STL cell; `UsageError` if one of them ran other settings."""
     from ..mtl import delta_m, get_tasks
 
     refuse_stale(grid, out)
