@@ -35,7 +35,7 @@ from .summary import PAIRED_COLUMNS, metric_columns, summarize, summary_markdown
 
 __all__ = [
     "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "adopt_cells", "cell_done", "stale_settings",
-    "refuse_stale", "seeds_on_disk", "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns",
+    "finished_results", "seeds_on_disk", "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns",
     "BASELINE_DECOMP", "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT",
     "RANK_PLOT", "TASKS_PLOT", "DEFAULT_RUN", "SWEEP_RUN", "QUICK_RUN", "PAIRED_COLUMNS", "t_interval",
     "task_scaling_grid",
@@ -219,16 +219,23 @@ def stale_settings(grid: Grid, out: Path, cell: Cell) -> list[str]:
     return settings_differences(grid.experiment_config(cell, out), res)
 
 
-def refuse_stale(grid: Grid, out: Path) -> None:
-    """Raise `UsageError` naming the first finished cell in `out` that ran other settings than `grid` asks for
-    (e.g. a task set with a task since renamed), so its numbers never enter a table or a resumed sweep."""
+def finished_results(grid: Grid, out: Path) -> dict[Cell, dict[str, Any]]:
+    """Each finished cell's results.json in `out`, for the grid's seeds and any other seed found there; raises
+    `UsageError` naming the first that ran other settings than `grid` asks for (e.g. a task set with a task since
+    renamed), so its numbers never enter a table or a resumed sweep."""
+    results: dict[Cell, dict[str, Any]] = {}
     seeds = tuple(sorted(set(grid.seeds) | seeds_on_disk(out)))
     for c in dataclasses.replace(grid, seeds=seeds).cells():
-        stale = cell_done(out, c) and stale_settings(grid, out, c)
+        p = Path(out) / "cells" / c.name / RESULTS
+        if not p.is_file():
+            continue
+        results[c] = json.loads(p.read_text())
+        stale = settings_differences(grid.experiment_config(c, out), results[c])
         if stale:
             raise UsageError(
                 f"cell {c.name} in {out} was run with other settings ({', '.join(stale)}): use another --out, "
                 "leave that cell out of the grid (--seeds, --task-counts, ...), or delete it to rerun it")
+    return results
 
 
 def seeds_on_disk(out: Path) -> set[int]:
@@ -287,7 +294,7 @@ def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "grid.json", grid.to_dict())
-    refuse_stale(grid, out)
+    finished_results(grid, out)  # refuses a finished cell that ran other settings
     cells = grid.cells()
     if shard is not None:
         i, n = shard
@@ -329,13 +336,7 @@ def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
     delta-m against the same seed's LoRA-STL cell; `UsageError` if one of them ran other settings."""
     from ..mtl import delta_m, get_tasks
 
-    refuse_stale(grid, out)
-    results: dict[Cell, dict] = {}
-    grid = dataclasses.replace(grid, seeds=tuple(sorted(set(grid.seeds) | seeds_on_disk(out))))
-    for cell in grid.cells():
-        p = Path(out) / "cells" / cell.name / RESULTS
-        if p.is_file():
-            results[cell] = json.loads(p.read_text())
+    results = finished_results(grid, out)
     if not results:
         return []
     by_key = {(c.decomp, c.level, c.seed, c.task_set, c.shared_blocks): r for c, r in results.items()}
