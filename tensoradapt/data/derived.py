@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._utils.vectors import unit
+
 __all__ = ["IGNORE", "edges", "occlusion_edges", "instance_offsets", "curvature", "nonplanar", "DERIVED",
            "add_derived"]
 
@@ -73,11 +75,12 @@ def curvature(normal: Tensor) -> Tensor:
     and its valid 4-neighbours' (0 on a plane, large on creases and curved surfaces); IGNORE where the
     pixel's normal is invalid or it has no valid neighbour."""
     valid = normal.abs().sum(0, keepdim=True) > 0
-    total = torch.zeros_like(normal[:1])
-    count = torch.zeros_like(normal[:1])
-    for n in _neighbours(normal, 0.0):
+    u = unit(normal.float(), dim=0)  # once per pixel: the neighbours are shifted views of it
+    total = torch.zeros_like(u[:1])
+    count = torch.zeros_like(u[:1])
+    for n in _neighbours(u, 0.0):
         nv = n.abs().sum(0, keepdim=True) > 0
-        cos = (F.normalize(n, dim=0) * F.normalize(normal, dim=0)).sum(0, keepdim=True).clamp(-1, 1)
+        cos = (n * u).sum(0, keepdim=True).clamp(-1, 1)
         total += torch.where(nv, torch.arccos(cos), torch.zeros_like(cos))
         count += nv.float()
     out = total / count.clamp_min(1)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .._utils.vectors import unit
 from .synthetic.classes import CLASSES
 
 __all__ = ["NYUv2", "crop_resize", "scale_crop", "hflip", "random_scale_crop_flip", "resize_sample", "NYUV2_SCALES"]
@@ -109,7 +110,7 @@ def crop_resize(sample: dict, top: int, left: int, height: int, width: int, size
     out["depth"] = d / depth_scale if depth_scale != 1.0 else d
     normal = sample["normal"][sl]
     n, ok = masked(normal, _valid_normal_mask(normal).to(normal.dtype))
-    out["normal"] = F.normalize(n, dim=0) * ok
+    out["normal"] = unit(n, dim=0) * ok
     return out
 
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._utils.vectors import unit
+
 __all__ = [
     "TaskSpec", "SemanticTask", "DepthTask", "NormalTask", "Meter", "ConfusionMeter", "DepthMeter",
     "NormalMeter", "NYUV2_TASKS", "get_tasks", "task_table",
@@ -180,10 +182,10 @@ class NormalMeter(Meter):
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor) -> None:
         _check_pair("normal", logits, target, 3, 4)
-        pred = F.normalize(logits.detach().double(), dim=1)
+        pred = unit(logits.detach().double(), dim=1)
         gt = target.double()
         valid = gt.abs().sum(dim=1) > 0
-        cos = (pred * F.normalize(gt, dim=1)).sum(dim=1)[valid].clamp(-1.0, 1.0)
+        cos = (pred * unit(gt, dim=1)).sum(dim=1)[valid].clamp(-1.0, 1.0)
         ang = torch.rad2deg(torch.acos(cos))
         stats = torch.zeros_like(self._stats)
         stats[0] = ang.sum()
@@ -325,12 +327,12 @@ class NormalTask(TaskSpec):
     """Surface normals: L2-normalised output; 1 - cosine over valid pixels; angle statistics."""
 
     def activate(self, logits: Tensor) -> Tensor:
-        return F.normalize(logits, dim=1)
+        return unit(logits, dim=1)
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         _check_pair(self.name, logits, target, 3, 4)
         valid = target.abs().sum(dim=1) > 0
-        cos = (F.normalize(logits, dim=1) * F.normalize(target, dim=1)).sum(dim=1)
+        cos = (unit(logits, dim=1) * unit(target, dim=1)).sum(dim=1)
         return _masked_mean(torch.where(valid, 1.0 - cos, 0.0).sum(), valid)
 
     def new_meter(self) -> NormalMeter:
