@@ -145,3 +145,12 @@ def test_unit_is_f_normalize_in_value_and_gradient(shape, data, dtype, seed):
     (yb * w).sum().backward()
     assert torch.isfinite(a.grad).all()
     torch.testing.assert_close(a.grad, b.grad, **tol)  # w / eps at zero vectors, as F.normalize's (rtol covers it)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_unit_in_half_precision_is_float32_rounded(dtype):
+    """Squares of |x| >= 256 overflow float16: `unit` normalises in float32 (a zero vector stays 0, no NaN)."""
+    x = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0], [300.0, 400.0, 0.0], [1e-3, 0.0, 0.0]], dtype=dtype)
+    y = unit(x, dim=1)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, F.normalize(x.float(), dim=1).to(dtype), rtol=0, atol=0)

@@ -7,13 +7,17 @@ spent 23 ms of every training sample in them.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 __all__ = ["unit"]
 
 
 def unit(x: Tensor, dim: int, eps: float = 1e-12) -> Tensor:
-    """x / max(||x||_2, eps) along `dim` (as `F.normalize`): x (..., C, ...) -> same shape. Clamping the squared
-    norm at eps^2 before the square root keeps the gradient at a zero vector finite
-    (1/eps, as `F.normalize`'s) where the square root's own would be infinite."""
-    return x / (x * x).sum(dim, keepdim=True).clamp_min(eps * eps).sqrt()
+    """x / max(||x||_2, eps) along `dim` (as `F.normalize`): x (..., C, ...) -> same shape and dtype.
+
+    Clamping the squared norm at eps^2 before the square root keeps the gradient at a zero vector finite
+    (1/eps, as `F.normalize`'s) where the square root's own would be infinite. Half-precision input is
+    normalised in float32: its squares would overflow float16 from |x| = 256 on."""
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return (xf / (xf * xf).sum(dim, keepdim=True).clamp_min(eps * eps).sqrt()).to(x.dtype)
