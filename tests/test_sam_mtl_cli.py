@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -188,6 +189,9 @@ def test_results_figures_and_delta_m(mini, tmp_path):
     for key in ("metrics", "params", "wall_time_s", "train_time_s", "median_step_time_s", "config", "best"):
         assert res[key] is not None, key
     assert res["params"]["trainable"] < res["params"]["total"]
+    # provenance: the code and the CPU a cell's figures came from (pairs are only formed on one machine)
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", res["code_revision"]), res["code_revision"]
+    assert isinstance(res["cpu"], str) and res["cpu"]
     for fig in ("loss_curves.png", "predictions.png"):
         assert (run / fig).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "run_config.json").read_text())["msam"]["ranks"] == [2, 4, 4]

@@ -195,6 +195,9 @@ def run(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[Callable[
 def _run(cfg: FinetuneConfig, resume: bool, callbacks: Iterable[Callable[[Trainer], None]],
          model_builder: ModelBuilder, flushed: bool) -> dict[str, Any]:
     t_start = time.perf_counter()
+    from .pretrain.artifact import code_revision
+
+    revision = code_revision()  # the code that trains, not what the work tree holds when the run ends
     try:
         info = init_distributed(cfg.train.device)
     except ValueError as e:
@@ -248,6 +251,7 @@ def _run(cfg: FinetuneConfig, resume: bool, callbacks: Iterable[Callable[[Traine
                                  log=out / "log.jsonl", setup_time=setup_time, device=info.device,
                                  world_size=info.world_size)
         results["checkpoint_sha256"] = sam_sha256
+        results["code_revision"] = revision  # this process's: a resumed run may have started on another
         results["denormals_flushed"] = flushed
         if hasattr(model, "msam_config"):
             results["msam_config"] = model.msam_config.to_dict()

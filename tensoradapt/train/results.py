@@ -107,6 +107,19 @@ def write_figures(model: nn.Module, tasks: Mapping[str, Any], val: Dataset, out:
     return [str(p) for p in paths]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; else what `platform` knows): timings and float results
+    differ between the machines of one kind (an Intel and an AMD CPU flush subnormals at different costs)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def results_record(summary: Mapping[str, Any], tasks: Mapping[str, Any], *, config: Mapping[str, Any],
                    counts: Mapping[str, int], baseline: str | None, log: Path, setup_time: float,
                    device: torch.device, world_size: int) -> dict[str, Any]:
@@ -126,7 +139,7 @@ def results_record(summary: Mapping[str, Any], tasks: Mapping[str, Any], *, conf
         "train_time_s": summary["train_time_s"], "setup_time_s": setup_time,
         "median_step_time_s": median_step_time(log),
         "device": str(device), "world_size": world_size, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "platform": platform.platform(),
+        "threads": torch.get_num_threads(), "platform": platform.platform(), "cpu": cpu_model(),
         "config": dict(config),
     }
 
