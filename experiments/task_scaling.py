@@ -2,7 +2,8 @@
 """Δm as tasks are added, with and without a task-shared trunk (issue 15): TA-LoRA and LoRA-STL at the small
 rank and the frozen encoder, for the first T tasks of the task table, trunk depths k, 3 seeds.
 
-    python experiments/task_scaling.py                     # T in 3,5,8, k in 0,2, 3 seeds (45 cells)
+    python experiments/task_scaling.py                     # T in 3,5,8, k in 0,2, 3 seeds (45 cells, 15 epochs:
+                                                           # about 20 core-hours on this CPU: a GPU job)
     python experiments/task_scaling.py --quick             # CI-sized
     python experiments/task_scaling.py --shard 0/2 & python experiments/task_scaling.py --shard 1/2
     python experiments/task_scaling.py --table-only        # summary.md + delta_m_vs_tasks.png

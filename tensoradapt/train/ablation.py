@@ -159,8 +159,10 @@ class Grid:
 # `sam_mtl.py`'s 5-epoch demo; at 5 epochs every curve is still rising and adapting the encoder is within seed
 # noise), evaluated on all 200 validation scenes every 3 epochs and at the end. Every adapter at its default
 # rank, LoRA-STL, frozen and full fine-tuning, 3 seeds: 21 cells, ~3 h on 2 cores; `all_ranks` adds each
-# adapter's largest rank and LoRA-STL 16 (matched to Tucker (4, 32, 32)): 39 cells. The task-scaling grid
-# keeps the 5-epoch schedule (SWEEP_RUN). The quick grid takes a couple of minutes.
+# adapter's largest rank and LoRA-STL 16 (matched to Tucker (4, 32, 32)): 39 cells. The task-scaling grid trains
+# on the same schedule (on the shipped model, at 5 epochs TA-LoRA scored -0.57 % Δm against the frozen encoder at
+# T = 3, seed 0, against +8.57 % at 15), so its T = 3, k = 0 cells are the default grid's. The quick grid takes a
+# couple of minutes.
 SWEEP_RUN = dict(progress=False, num_figures=2)
 DEFAULT_RUN = dict(SWEEP_RUN, epochs=15, eval_every=3)
 QUICK_RUN = dict(epochs=2, train_size=32, val_size=16, batch_size=4, progress=False, num_figures=2)
@@ -194,7 +196,7 @@ def task_scaling_grid(seeds: Sequence[int] = (0, 1, 2), task_counts: Sequence[in
     decomps = tuple(dict.fromkeys((*decomps, BASELINE_DECOMP)))
     return Grid(decomps=decomps, levels={d: (level,) for d in decomps}, references=("frozen",),
                 seeds=tuple(seeds), baseline_level=level, task_sets={f"T{t}": tuple(names[:t]) for t in task_counts},
-                shared_blocks=tuple(shared_blocks), run={**(QUICK_RUN if quick else SWEEP_RUN), **run})
+                shared_blocks=tuple(shared_blocks), run={**(QUICK_RUN if quick else DEFAULT_RUN), **run})
 
 
 # -------------------------------------------------------------------------------------------- running
