@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -386,9 +387,35 @@ def test_reuse_adopts_only_finished_cells_that_ran_the_same_settings(tmp_path, m
         assert not (cell / ".claim").exists()
     assert not (out / "cells" / "lora_r2_T2_s0" / finetune.RESULTS).exists()
     assert ra.adopt_cells(scaling, out, source, log=lambda *_: None) == []  # nothing twice
+    # the same settings on another machine: its figures must not be paired with this machine's cells
+    for edit in ({"cpu": "Another CPU"}, {"denormals_flushed": False}):
+        moved = tmp_path / f"moved_{next(iter(edit))}"
+        shutil.copytree(source, moved)
+        res_path = moved / "cells" / "tucker_r2-2-2_s0" / finetune.RESULTS
+        res = json.loads(res_path.read_text())
+        assert res["cpu"] and res["denormals_flushed"] is True  # what a run on this machine records
+        res_path.write_text(json.dumps({**res, **edit}))
+        lines = []
+        assert sorted(ra.adopt_cells(scaling, tmp_path / f"out_{next(iter(edit))}", moved, log=lines.append,
+                                     copy=False)) == ["frozen_rnone_T2_s0", "lora_r2_T2_s0"]  # TA-LoRA left out
+        assert any("another machine" in line and "tucker_r2-2-2_T2_s0" in line for line in lines)
     other = dataclasses.replace(scaling, run={**run, "epochs": 2})  # another setting: nothing matches
     assert ra.adopt_cells(other, tmp_path / "other", source, log=lambda *_: None) == []
     with pytest.raises(ValueError, match="no cells/ folder"):
         ra.adopt_cells(scaling, out, tmp_path / "nowhere")
     assert cli.main(["--out", str(out), "--reuse", str(tmp_path / "nowhere")]) == 2
     assert "--reuse" in capsys.readouterr().err
+
+
+def test_task_scaling_default_cells_at_t3_k0_are_the_comparison_sweeps():
+    """The two default grids share a schedule, so `task_scaling.py --reuse runs/rank_ablation` finds its T = 3,
+    k = 0 cells there (compared as a results.json would hold them)."""
+    scaling, default = ra.task_scaling_grid(), ra.default_grid()
+    for cell in scaling.cells():
+        if cell.task_set != "T3" or cell.shared_blocks != 0:
+            continue
+        twin = [c for c in default.cells() if (c.decomp, c.ranks, c.seed) == (cell.decomp, cell.ranks, cell.seed)]
+        assert len(twin) == 1, cell
+        record = {"config": json.loads(json.dumps(default.experiment_config(twin[0], "x").to_dict()))}
+        cfg = scaling.experiment_config(cell, "y")
+        assert cfg.train.epochs == 15 and not ra.settings_differences(cfg, record), cell

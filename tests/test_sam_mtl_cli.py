@@ -191,7 +191,7 @@ def test_results_figures_and_delta_m(mini, tmp_path):
     assert res["params"]["trainable"] < res["params"]["total"]
     # provenance: the code and the CPU a cell's figures came from (pairs are only formed on one machine)
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", res["code_revision"]), res["code_revision"]
-    assert isinstance(res["cpu"], str) and res["cpu"]
+    assert isinstance(res["cpu"], str) and res["cpu"] and isinstance(res["cpu_capability"], str)
     for fig in ("loss_curves.png", "predictions.png"):
         assert (run / fig).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "run_config.json").read_text())["msam"]["ranks"] == [2, 4, 4]
@@ -344,6 +344,17 @@ def test_targets_flag_reaches_the_model(mini, tmp_path):
     assert cfg.msam.targets == ("qkv", "mlp") and cfg.msam_config().targets == ("qkv", "mlp")
     with pytest.raises(finetune.UsageError, match="^--targets must be"):
         sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(base_args(mini, tmp_path / "t", "--targets", "ffn")))
+
+
+def test_results_name_the_code_revision_the_run_started_on(mini, tmp_path, monkeypatch):
+    """The revision is read before training: a commit made while a run trains is not the run's code."""
+    from tensoradapt.train.pretrain import artifact
+
+    tree = {"rev": "a" * 40}
+    monkeypatch.setattr(artifact, "code_revision", lambda: tree["rev"])
+    cfg = sam_mtl.config_from_args(sam_mtl.build_parser().parse_args(base_args(mini, tmp_path / "r")))
+    results = finetune.run(cfg, callbacks=[lambda trainer: tree.update(rev="b" * 40)])
+    assert tree["rev"] == "b" * 40 and results["code_revision"] == "a" * 40
 
 
 @pytest.mark.parametrize("extra, flushed", [((), True), (("--no-flush-denormal",), False)])

@@ -135,7 +135,10 @@ def test_unit_is_f_normalize_in_value_and_gradient(shape, data, dtype, seed):
     dim = data.draw(st.integers(-len(shape), len(shape) - 1))
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=g, dtype=dtype)
-    x = x * (torch.rand(x.shape, generator=g) > 0.3)  # some all-zero vectors along dim
+    x = x * (torch.rand(x.shape, generator=g) > 0.3)  # zero entries, and (for short dims) zero vectors
+    whole = [0] * x.dim()
+    whole[dim] = slice(None)
+    x[tuple(whole)] = 0  # and always one all-zero vector along dim
     w = torch.randn(*shape, generator=g, dtype=dtype)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = unit(a, dim), F.normalize(b, dim=dim)

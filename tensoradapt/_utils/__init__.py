@@ -4,10 +4,10 @@ from .atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_w
 from .cache import cache_dir
 from .config import dataclass_kwargs
 from .denormal import denormals_flushed, flush_denormal
-from .vectors import unit
 from .state import (
     StateMismatchError, fingerprint_mismatch, frozen_fingerprint, load_state_subset, trainable_state_dict,
 )
+from .vectors import unit
 
 __all__ = [
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "file_lock", "cache_dir",

@@ -29,7 +29,7 @@ from ..sam import DECOMPS
 from .claims import CLAIM, claim, holder
 from .finetune import FinetuneConfig, UsageError, checkpoint_change, run
 from .resume import LAST
-from .results import RESULTS
+from .results import RESULTS, cpu_model
 from .stats import t_interval
 from .summary import PAIRED_COLUMNS, metric_columns, summarize, summary_markdown, write_csv
 
@@ -38,7 +38,7 @@ __all__ = [
     "finished_results", "seeds_on_disk", "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns",
     "BASELINE_DECOMP", "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT",
     "RANK_PLOT", "TASKS_PLOT", "DEFAULT_RUN", "SWEEP_RUN", "QUICK_RUN", "PAIRED_COLUMNS", "t_interval",
-    "task_scaling_grid",
+    "task_scaling_grid", "machine_differences",
 ]
 
 TABLE_CSV, TABLE_JSON, SUMMARY_CSV, SUMMARY_MD = "table.csv", "table.json", "summary.csv", "summary.md"
@@ -161,8 +161,8 @@ class Grid:
 # rank, LoRA-STL, frozen and full fine-tuning, 3 seeds: 21 cells, ~3 h on 2 cores; `all_ranks` adds each
 # adapter's largest rank and LoRA-STL 16 (matched to Tucker (4, 32, 32)): 39 cells. The task-scaling grid trains
 # on the same schedule (on the shipped model, at 5 epochs TA-LoRA scored -0.57 % Δm against the frozen encoder at
-# T = 3, seed 0, against +8.57 % at 15), so its T = 3, k = 0 cells are the default grid's. The quick grid takes a
-# couple of minutes.
+# T = 3, seed 0, against +8.57 % at 15); with the same settings, its T = 3, k = 0 cells are the default grid's.
+# The quick grid takes a couple of minutes.
 SWEEP_RUN = dict(progress=False, num_figures=2)
 DEFAULT_RUN = dict(SWEEP_RUN, epochs=15, eval_every=3)
 QUICK_RUN = dict(epochs=2, train_size=32, val_size=16, batch_size=4, progress=False, num_figures=2)
@@ -250,10 +250,25 @@ def seeds_on_disk(out: Path) -> set[int]:
     return found
 
 
+def machine_differences(cfg: FinetuneConfig, results: dict[str, Any]) -> list[str]:
+    """Why a finished run's figures must not be paired with the runs this process makes from `cfg`, although
+    their settings are the same: another subnormal mode, or another CPU model (float results differ between
+    machines of one kind; a record without the flag is taken as unflushed, one without a CPU as unknown)."""
+    out = []
+    flushed = bool(results.get("denormals_flushed", False))
+    if flushed != bool(cfg.flush_denormal):
+        out.append(f"subnormals flushed {flushed} -> {bool(cfg.flush_denormal)}")
+    here = cpu_model()
+    if results.get("cpu") and results["cpu"] != here:
+        out.append(f"CPU {results['cpu']!r} -> {here!r}")
+    return out
+
+
 def adopt_cells(grid: Grid, out: str | Path, source: str | Path, log: Callable[[str], None] = print,
                 copy: bool = True) -> list[str]:
     """Copy into `out` the finished cells of another sweep folder `source` that ran exactly what a cell of `grid`
-    asks for (no setting differs, the same SAM checkpoint), under this grid's cell name; returns their names
+    asks for (no setting differs, the same SAM checkpoint) on a machine like this one (`machine_differences`:
+    their figures are paired with the cells run here), under this grid's cell name; returns their names
     (`copy=False`: only the names, nothing is written).
 
     E.g. the task-scaling sweep's T = 3, k = 0 cells are the default sweep's cells. A cell that `out` already
@@ -273,6 +288,14 @@ def adopt_cells(grid: Grid, out: str | Path, source: str | Path, log: Callable[[
         cfg = grid.experiment_config(cell, out)
         for d, res in finished:
             if "config" in res and not settings_differences(cfg, res):
+                other_machine = machine_differences(cfg, res)
+                if other_machine:
+                    log(f"[rank_ablation] {cell.name}: {d} ran the same settings on another machine "
+                        f"({'; '.join(other_machine)}), not copied")
+                    continue
+                if not res.get("cpu"):
+                    log(f"[rank_ablation] {cell.name}: {d} records no CPU model; pair it only with cells of "
+                        "the machine it ran on")
                 adopted.append(cell.name)
                 if not copy:
                     break

@@ -140,6 +140,7 @@ def results_record(summary: Mapping[str, Any], tasks: Mapping[str, Any], *, conf
         "median_step_time_s": median_step_time(log),
         "device": str(device), "world_size": world_size, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "platform": platform.platform(), "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "config": dict(config),
     }
 
