@@ -419,3 +419,15 @@ def test_task_scaling_default_cells_at_t3_k0_are_the_comparison_sweeps():
         record = {"config": json.loads(json.dumps(default.experiment_config(twin[0], "x").to_dict()))}
         cfg = scaling.experiment_config(cell, "y")
         assert cfg.train.epochs == 15 and not ra.settings_differences(cfg, record), cell
+
+
+def test_task_plot_labels_points_resting_on_fewer_seeds():
+    """A one-seed point beside three-seed means is labelled n = 1 (it has no interval and is not a mean)."""
+    from tensoradapt.train.plots import plot_delta_m_vs_tasks
+
+    row = dict(decomp="tucker", ranks="4,8,8", shared_blocks=0, delta_m_vs_frozen_ci95=1.0)
+    summary = [dict(row, T=3, delta_m_vs_frozen=8.0, seeds=3), dict(row, T=8, delta_m_vs_frozen=5.0, seeds=1),
+               dict(decomp="frozen", ranks=None, shared_blocks=0, T=3, delta_m_vs_frozen=0.0, seeds=3)]
+    fig = plot_delta_m_vs_tasks(summary)
+    labels = [(t.get_text(), t.xy) for t in fig.axes[0].texts]
+    assert labels == [("n = 1", (8, 5.0))]
