@@ -34,7 +34,7 @@ from .stats import t_interval
 from .summary import PAIRED_COLUMNS, metric_columns, summarize, summary_markdown, write_csv
 
 __all__ = [
-    "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "adopt_cells", "cell_done", "stale_settings",
+    "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "adopt_cells", "cell_done",
     "finished_results", "seeds_on_disk", "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns",
     "BASELINE_DECOMP", "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT",
     "RANK_PLOT", "TASKS_PLOT", "DEFAULT_RUN", "SWEEP_RUN", "QUICK_RUN", "PAIRED_COLUMNS", "t_interval",
@@ -213,12 +213,6 @@ def settings_differences(cfg: FinetuneConfig, results: dict[str, Any]) -> list[s
     if changed:
         out.append(f"SAM checkpoint sha256 {str(changed[0])[:12]} -> {str(changed[1])[:12]}")
     return out
-
-
-def stale_settings(grid: Grid, out: Path, cell: Cell) -> list[str]:
-    """Settings a finished cell was run with that differ from what the grid asks for now."""
-    res = json.loads((Path(out) / "cells" / cell.name / RESULTS).read_text())
-    return settings_differences(grid.experiment_config(cell, out), res)
 
 
 def finished_results(grid: Grid, out: Path) -> dict[Cell, dict[str, Any]]:
