@@ -2,6 +2,7 @@
 counts, times, the config) and its figures (loss curves, predictions on a few validation images)."""
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from pathlib import Path
@@ -107,6 +108,7 @@ def write_figures(model: nn.Module, tasks: Mapping[str, Any], val: Dataset, out:
     return [str(p) for p in paths]
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux; else what `platform` knows): timings and float results
     differ between the machines of one kind (an Intel and an AMD CPU flush subnormals at different costs)."""
