@@ -17,6 +17,7 @@ def test_rank_ablation_notebook_runs_the_quick_grid(tmp_path, monkeypatch):
     pytest.importorskip("ipykernel")
     out = tmp_path / "quick"
     monkeypatch.setenv("RANK_ABLATION_OUT", str(out))  # never read or write the repo's runs/
+    monkeypatch.setenv("TASK_SCALING_OUT", str(ROOT / "docs" / "sweeps" / "ts15v3"))  # the committed records
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel is another process: same 1 thread as the suite
     nb = nbformat.read(NOTEBOOK, as_version=4)
@@ -27,7 +28,11 @@ def test_rank_ablation_notebook_runs_the_quick_grid(tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 2  # the delta-m plot and the metric-vs-rank plot
-    tables = [o for o in outputs if "text/markdown" in o.get("data", {})]
-    assert tables and "| decomp |" in tables[0]["data"]["text/markdown"]
+    assert len(pngs) >= 3  # the delta-m plot, the metric-vs-rank plot, delta-m vs the number of tasks
+    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert tables and "| decomp |" in tables[0]
+    # the task-scaling section reads the committed records: T = 3, 5 and 8, with and without the trunk
+    scaling = next(t for t in tables if "| T | k |" in t)
+    for cells in ("| 3 | 0 |", "| 3 | 2 |", "| 5 | 0 |", "| 8 | 0 |"):
+        assert cells in scaling, cells
     assert (out / "table.csv").exists() and (out / "delta_m_vs_params.png").exists()
