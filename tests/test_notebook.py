@@ -36,3 +36,16 @@ def test_rank_ablation_notebook_runs_the_quick_grid(tmp_path, monkeypatch):
     for cells in ("| 3 | 0 |", "| 3 | 2 |", "| 5 | 0 |", "| 8 | 0 |"):
         assert cells in scaling, cells
     assert (out / "table.csv").exists() and (out / "delta_m_vs_params.png").exists()
+
+
+def test_notebook_is_valid_nbformat_with_cell_ids():
+    """Every cell carries an id (nbformat 4.5; a missing one is a warning today and an error in later nbformat)."""
+    nbformat = pytest.importorskip("nbformat")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nb = nbformat.read(NOTEBOOK, as_version=4)
+        nbformat.validate(nb)
+    ids = [c.get("id") for c in nb.cells]
+    assert all(ids) and len(set(ids)) == len(ids)
