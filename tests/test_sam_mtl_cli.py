@@ -242,6 +242,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(mini, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref, run))
     assert ra["metrics"] == rb["metrics"]
+    # the record says which part of the run its wall time covers: the resumed process began at step 2
+    assert ra["resumed_at_step"] == 0 and rb["resumed_at_step"] == 2
 
 
 def test_resume_with_other_settings_is_refused(capsys, mini, tmp_path):

@@ -166,7 +166,8 @@ class Trainer(ResumableTrainerMixin):
         self.batch_in_epoch = 0     # batches of the current epoch already consumed
         self.step = 0               # optimiser steps done
         self.skipped_steps = 0
-        self.train_time = 0.0
+        self.train_time = 0.0       # seconds in training steps, summed over every process of the run
+        self.start_step = 0         # the step this process started from (> 0: resumed)
         self.best: dict[str, Any] | None = None
         self.last_metrics: dict[str, float] | None = None
         self.logger = JsonlLogger(self.out_dir / LOG if self.out_dir else os.devnull,
@@ -237,7 +238,8 @@ class Trainer(ResumableTrainerMixin):
     def summary(self) -> dict[str, Any]:
         return {
             "epochs": self.epoch, "steps": self.step, "skipped_steps": self.skipped_steps,
-            "train_time_s": self.train_time, "metrics": self.last_metrics, "best": self.best,
+            "train_time_s": self.train_time, "resumed_at_step": self.start_step,
+            "metrics": self.last_metrics, "best": self.best,
             "trainable_params": self.num_trainable, "world_size": self.dist.world_size,
         }
 

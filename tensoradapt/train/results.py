@@ -125,7 +125,10 @@ def cpu_model() -> str:
 def results_record(summary: Mapping[str, Any], tasks: Mapping[str, Any], *, config: Mapping[str, Any],
                    counts: Mapping[str, int], baseline: str | None, log: Path, setup_time: float,
                    device: torch.device, world_size: int) -> dict[str, Any]:
-    """The results.json record of a finished `Trainer.fit` summary (figures and wall time added later)."""
+    """The results.json record of a finished `Trainer.fit` summary (figures and wall time added later).
+
+    `train_time_s` sums the training steps of every process that ran the run; `wall_time_s` (added by the
+    recipe) is the finishing process's alone, which is all of the run only when `resumed_at_step` is 0."""
     metrics = nest_metrics(summary["metrics"])
     best = summary["best"]
     return {
@@ -138,7 +141,8 @@ def results_record(summary: Mapping[str, Any], tasks: Mapping[str, Any], *, conf
                              "higher_is_better": s.metrics[s.main_metric] > 0} for t, s in tasks.items()},
         "params": dict(counts),
         "epochs": summary["epochs"], "steps": summary["steps"], "skipped_steps": summary["skipped_steps"],
-        "train_time_s": summary["train_time_s"], "setup_time_s": setup_time,
+        "train_time_s": summary["train_time_s"], "resumed_at_step": summary.get("resumed_at_step", 0),
+        "setup_time_s": setup_time,
         "median_step_time_s": median_step_time(log),
         "device": str(device), "world_size": world_size, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "platform": platform.platform(), "cpu": cpu_model(),

@@ -130,10 +130,12 @@ class ResumableTrainerMixin:
                 f"{self.last_path} exists: resume it (--resume) or choose another output directory")
         if ckpt_path is not None:
             self.load_state(load_checkpoint(ckpt_path), source=str(ckpt_path))
+            self.start_step = self.step
             self.logger.rewind(self.step)
             self.logger.log("resume", step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                             checkpoint=str(ckpt_path))
         else:
+            self.start_step = 0
             seed_everything(cfg.seed + self.dist.rank)
             self.logger.reset()
             self.logger.log("start", step=0, world_size=self.dist.world_size, device=str(self.device),
