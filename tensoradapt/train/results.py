@@ -141,7 +141,7 @@ def results_record(summary: Mapping[str, Any], tasks: Mapping[str, Any], *, conf
                              "higher_is_better": s.metrics[s.main_metric] > 0} for t, s in tasks.items()},
         "params": dict(counts),
         "epochs": summary["epochs"], "steps": summary["steps"], "skipped_steps": summary["skipped_steps"],
-        "train_time_s": summary["train_time_s"], "resumed_at_step": summary.get("resumed_at_step", 0),
+        "train_time_s": summary["train_time_s"], "resumed_at_step": summary["resumed_at_step"],
         "setup_time_s": setup_time,
         "median_step_time_s": median_step_time(log),
         "device": str(device), "world_size": world_size, "torch": torch.__version__,
