@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--shared-blocks", type=int, default=m.shared_blocks,
       help="k: the first k encoder blocks form a task-shared trunk (no delta, run once per batch); default 0")
     a("--train-modules", default=",".join(m.train_modules),
-      help="encoder submodules trained in full beside the deltas, e.g. patch_embed,neck (default: none)")
+      help="encoder submodules or parameters trained in full beside the deltas, e.g. patch_embed,neck or "
+           "pos_embed (default: none)")
     a("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward (less memory)")
     a("--orth-weight", type=float, default=t.orth_weight, help="orthogonality penalty weight")
     a("--orth-terms", default=t.orth_terms, help="the penalty's matrices: paper (the paper's code: Tucker's U1, U2 "

@@ -245,7 +245,11 @@ def test_train_modules_train_those_submodules_beside_the_deltas(ckpt, shared_blo
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"train_modules": "patch_embedding"}, r"no submodule 'patch_embedding' \(its children: \['patch_embed', 'blocks', 'neck'\]\)"),
+    ({"train_modules": "patch_embedding"},
+     r"no submodule or parameter 'patch_embedding' \(its children: \['patch_embed', 'blocks', 'neck'\]\)"),
+    ({"train_modules": "blocks.0.attn.rel_pos_x"}, "no submodule or parameter 'blocks.0.attn.rel_pos_x'"),
+    ({"train_modules": "blocks.1.attn.qkv.base.weight"}, "'blocks.1.attn.qkv.base.weight' holds a task delta"),
+    ({"train_modules": "blocks.1.attn.qkv.delta"}, "'blocks.1.attn.qkv.delta' holds a task delta"),
     ({"train_modules": ["blocks.1"]}, "'blocks.1' holds a task delta"),
     ({"train_modules": "blocks.0.mlp", "targets": "qkv,mlp"}, "'blocks.0.mlp' holds a task delta"),
     ({"train_modules": "neck", "decomp": "full"}, "does not apply to decomp='full'"),
@@ -256,6 +260,28 @@ def test_train_modules_train_those_submodules_beside_the_deltas(ckpt, shared_blo
 def test_train_modules_refuses_what_it_cannot_train(kw, match):
     with pytest.raises(ValueError, match=match):
         build_msam("tiny", SMALL, **kw)
+
+
+@pytest.mark.parametrize("shared_blocks", [0, 2])
+def test_train_modules_takes_parameter_names(ckpt, shared_blocks):
+    """A parameter name ("pos_embed", a block's rel-pos table) trains exactly that tensor beside the deltas: it
+    gets a gradient (also before a shared trunk) and a step changes it and no other frozen encoder weight."""
+    names = ("pos_embed", "blocks.3.attn.rel_pos_h")
+    torch.manual_seed(6)
+    model = build_msam("tiny", SMALL, checkpoint=ckpt, train_modules=",".join(names),
+                       shared_blocks=shared_blocks).train()
+    randomise_deltas(model, std=0.05)
+    plain = build_msam("tiny", SMALL, checkpoint=ckpt, shared_blocks=shared_blocks)
+    grad = {n for n, p in model.named_parameters() if p.requires_grad}
+    extra = grad - {n for n, p in plain.named_parameters() if p.requires_grad}
+    assert extra == {f"image_encoder.{n}" for n in names}
+    assert not model.image_encoder.blocks[3].attn.rel_pos_w.requires_grad  # the sibling table stays frozen
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    before = {n: model.get_parameter(n).detach().clone() for n in extra}
+    _step(model, torch.rand(2, 3, 96, 128)).step()
+    assert all(not torch.equal(model.get_parameter(n), before[n]) for n in extra)
+    assert all(torch.equal(model.get_parameter(n), v) for n, v in frozen.items())
+    assert parameter_breakdown(model)["encoder_other_trainable"] == sum(model.get_parameter(n).numel() for n in extra)
 
 
 def test_train_modules_without_a_delta_in_that_module_is_accepted():

@@ -57,7 +57,7 @@ def fail_line(capsys, argv: list[str]) -> str:
     (["--tasks", "semantic,semantic"], "--tasks"),
     (["--baseline", "/nonexistent/results.json"], "--baseline"),
     (["--batch-size", "x"], "--batch-size"),
-    (["--train-modules", "patch_embedding"], "--train-modules: the image encoder has no submodule 'patch_embedding'"),
+    (["--train-modules", "patch_embedding"], "--train-modules: the image encoder has no submodule or parameter 'patch_embedding'"),
     (["--train-modules", "blocks.0.attn"], "--train-modules: 'blocks.0.attn' holds a task delta"),
     (["--decomp", "full", "--train-modules", "neck"], "--train-modules does not apply to decomp='full'"),
     (["--train-modules", "neck,,neck"], "--train-modules must be distinct dotted module names"),

@@ -239,10 +239,11 @@ class MSamConfig:
         shared_blocks: k, the task-shared trunk: the first k encoder blocks carry no delta and run once for
             the B images; the last depth - k blocks carry the task delta and run per task on the trunk's
             output (0, the default: every block adapted, the paper's model). SAM (ViT) encoders only.
-        train_modules: encoder submodules, by dotted name inside the image encoder (e.g. ("patch_embed",
-            "neck")), that train in full beside the deltas, one copy shared by the tasks (like PEFT's
-            `modules_to_save` with a single adapter). A module holding a task delta is refused, and so is any
-            for "full" (which trains everything) and "frozen" (which trains nothing). Default (): none.
+        train_modules: encoder submodules or parameters, by dotted name inside the image encoder (e.g.
+            ("patch_embed", "neck", "pos_embed", "blocks.0.attn.rel_pos_h")), that train in full beside the
+            deltas, one copy shared by the tasks (like PEFT's `modules_to_save` with a single adapter). A name
+            reaching an adapted projection is refused, and so is any for "full" (which trains everything) and
+            "frozen" (which trains nothing). Default (): none.
     """
 
     sam: SamConfig | Sam2HieraConfig
@@ -363,7 +364,7 @@ def parse_targets(targets: str | Any) -> tuple[str, ...]:
 
 
 def parse_train_modules(names: str | Any) -> tuple[str, ...]:
-    """"patch_embed,neck" or a sequence of dotted module names -> a tuple (order kept); "" or () -> ().
+    """"patch_embed,neck" or a sequence of dotted module or parameter names -> a tuple (order kept); "" or () -> ().
     Raises ValueError naming train_modules. Whether each name exists is checked when the model is built."""
     items = [t.strip() for t in names.split(",") if t.strip()] if isinstance(names, str) else names
     try:

@@ -26,7 +26,8 @@ What trains (`requires_grad`, set by the builder):
 - "full" unfreezes the whole encoder (no deltas); "frozen" adds no delta and freezes the whole encoder,
   LayerNorms included (`train_norms` does not apply); "none" adds no delta but honours `train_norms`
   (LayerNorm-only encoder tuning);
-- `train_modules` (e.g. ("patch_embed", "neck")) trains those encoder submodules in full beside the deltas.
+- `train_modules` (e.g. ("patch_embed", "neck", "pos_embed")) trains those encoder submodules or parameters in
+  full beside the deltas.
 
 The task bookkeeping, the trainable set and the forward above are `multitask.MultiTaskSAMBase`'s (shared with
 mSAM-2); this module supplies segment-anything's modules, weights, pre- / post-processing and decoder call.
@@ -236,8 +237,9 @@ def build_msam(
             `tensoradapt.sam.attention`.
         shared_blocks: k, a task-shared trunk: the first k encoder blocks get no delta and run once for the
             B images, the rest run per task (0: every block adapted, the paper's model; SAM encoders only).
-        train_modules: encoder submodules trained in full beside the deltas, shared by the tasks, e.g.
-            ("patch_embed", "neck") or "patch_embed,neck" (PEFT's `modules_to_save`); none may hold a delta.
+        train_modules: encoder submodules or parameters trained in full beside the deltas, shared by the
+            tasks, e.g. ("patch_embed", "neck") or "neck,pos_embed" (PEFT's `modules_to_save`); none may hold
+            a delta.
 
     Build on the meta device (`with torch.device("meta"): build_msam("vit_h", ...)`) to count parameters
     without allocating weights.

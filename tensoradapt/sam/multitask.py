@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..deltas import repeated_task_ids
 from ..inject import adapt, mark_trainable, task_deltas, task_linears, task_scope
+from ..layers import task_projections
 from .config import MSamConfig
 from .encoder import run_block
 
@@ -166,33 +167,38 @@ class MultiTaskSAMBase(nn.Module):
 
     def trainable_modules(self) -> list[nn.Module]:
         """The modules (besides the deltas and no-mask embeddings) whose parameters train: every task's
-        `trained_decoder_parts`; the whole encoder for "full", else its norms if `train_norms` (not "frozen")
-        and the config's `train_modules`."""
+        `trained_decoder_parts`; the whole encoder for "full", else its norms if `train_norms` (not "frozen")."""
         c = self.msam_config
         mods = [part for dec in self.decoders.values() for part in self.trained_decoder_parts(dec)]
         if c.decomp == "full":
             mods.append(self.image_encoder)
         elif c.train_norms and c.decomp != "frozen":
             mods += self.encoder_norms()
-        return mods + self.train_modules()
+        return mods
 
-    def train_modules(self) -> list[nn.Module]:
-        """The encoder submodules named by the config's `train_modules`; raises ValueError naming one that does
-        not exist or that holds a task delta (its frozen base would train under the delta)."""
-        deltas = {id(p) for _, d in task_deltas(self) for p in d.parameters()}
-        mods = []
+    def train_modules(self) -> list[nn.Parameter]:
+        """The encoder parameters named by the config's `train_modules`: every parameter of a named submodule
+        (e.g. "neck"), or a named parameter itself (e.g. "pos_embed", "blocks.0.attn.rel_pos_h"). Raises
+        ValueError naming one that does not exist or that reaches an adapted projection (its frozen base would
+        train under the delta)."""
+        enc = self.image_encoder
+        adapted = tuple(f"{n}." for n, _ in task_projections(enc))
+        params: list[nn.Parameter] = []
         for name in self.msam_config.train_modules:
             try:
-                mod = self.image_encoder.get_submodule(name)
+                named = [(f"{name}.{n}", p) for n, p in enc.get_submodule(name).named_parameters()]
             except AttributeError:
-                children = [n for n, _ in self.image_encoder.named_children()]
-                raise ValueError(f"train_modules: the image encoder has no submodule {name!r} (its children: "
-                                 f"{children})") from None
-            if any(id(p) in deltas for p in mod.parameters()):
-                raise ValueError(f"train_modules: {name!r} holds a task delta; name a module without one (e.g. "
-                                 f"'patch_embed', 'neck' or a block's 'norm1')")
-            mods.append(mod)
-        return mods
+                try:
+                    named = [(name, enc.get_parameter(name))]
+                except AttributeError:
+                    children = [n for n, _ in enc.named_children()]
+                    raise ValueError(f"train_modules: the image encoder has no submodule or parameter {name!r} "
+                                     f"(its children: {children})") from None
+            if any(n.startswith(adapted) for n, _ in named) or f"{name}.".startswith(adapted):
+                raise ValueError(f"train_modules: {name!r} holds a task delta; name a module or parameter "
+                                 f"without one (e.g. 'patch_embed', 'neck', 'pos_embed' or a block's 'norm1')")
+            params += [p for _, p in named]
+        return params
 
     def encoder_norms(self) -> list[nn.Module]:
         """The encoder's normalisation layers (trained with `train_norms`)."""
@@ -201,6 +207,7 @@ class MultiTaskSAMBase(nn.Module):
     def reset_trainable(self) -> int:
         """Set `requires_grad` as the builder does (see the subclass docstring); return #trainable."""
         ids = {id(p) for mod in self.trainable_modules() for p in mod.parameters()}
+        ids |= {id(p) for p in self.train_modules()}
         ids |= {id(p) for p in self.no_mask_embeds.values()}
         return mark_trainable(self, extra=lambda _n, p: id(p) in ids)
 
