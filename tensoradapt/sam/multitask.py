@@ -19,8 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..deltas import repeated_task_ids
-from ..inject import adapt, mark_trainable, task_deltas, task_linears, task_scope
-from ..layers import task_projections
+from ..inject import adapt, mark_trainable, task_deltas, task_linears, task_projections, task_scope
 from .config import MSamConfig
 from .encoder import run_block
 
