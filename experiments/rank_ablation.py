@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
            "with every N-th cell from the I-th (0-based), then takes the cells no process has claimed, and runs "
            "on torch's threads / N; then --table-only builds the table")
     a("--reuse", default=None, metavar="DIR",
-      help="first copy in the finished cells of the sweep folder DIR that ran exactly a cell's settings (e.g. "
-           "task_scaling.py --reuse runs/rank_ablation: its T = 3, k = 0 cells are the default sweep's)")
+      help="first copy in the finished cells of the sweep folder DIR that ran exactly a cell's settings on a "
+           "machine like this one (e.g. task_scaling.py --reuse runs/rank_ablation: its T = 3, k = 0 cells are the "
+           "default sweep's); with --table-only / --compare, read DIR's cells (any machine) for those --out lacks")
     a("--dry-run", action="store_true", help="print the cells and exit")
     a("--table-only", action="store_true", help="only rebuild the table and the plots")
     a("--compare", nargs="+", metavar="CONFIG", default=None,
@@ -113,12 +114,13 @@ def grid_from_args(args: argparse.Namespace) -> ablation.Grid:
     return grid
 
 
-def compare(grid: ablation.Grid, out: Path, configs: Sequence[str]) -> int:
-    """Print `pairs.comparison_markdown` for the pairs (A B A B ...) over the finished cells in `out`."""
+def compare(grid: ablation.Grid, out: Path, configs: Sequence[str], also: Sequence[str] = ()) -> int:
+    """Print `pairs.comparison_markdown` for the pairs (A B A B ...) over the finished cells in `out` (and in the
+    read-only folders `also`)."""
     if len(configs) % 2:
         print(f"rank_ablation.py: error: --compare takes pairs A B, got {len(configs)} configs", file=sys.stderr)
         return 2
-    rows = ablation.collect_rows(grid, out)
+    rows = ablation.collect_rows(grid, out, also)
     try:
         chosen = [pairs.parse_config(c, rows) for c in configs]
         print(pairs.comparison_markdown(rows, list(zip(chosen[::2], chosen[1::2]))), end="")
@@ -142,7 +144,12 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         print(f"rank_ablation.py: error: {e}", file=sys.stderr)
         return 2
     reused: list[str] = []
-    if args.reuse and not (args.table_only or args.compare):
+    read_also = [args.reuse] if args.reuse and (args.table_only or args.compare) else []
+    if read_also and not (Path(args.reuse) / "cells").is_dir():
+        print(f"rank_ablation.py: error: --reuse: {args.reuse} holds no cells/ folder: it must be a sweep's --out",
+              file=sys.stderr)
+        return 2
+    if args.reuse and not read_also:
         try:
             reused = ablation.adopt_cells(grid, out, args.reuse, copy=not args.dry_run)
         except ValueError as e:
@@ -155,9 +162,9 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         return 0
     try:
         if args.compare:
-            return compare(grid, out, args.compare)
+            return compare(grid, out, args.compare, read_also)
         if args.table_only:
-            rows = ablation.write_outputs(grid, out)
+            rows = ablation.write_outputs(grid, out, read_also)
             print(f"[rank_ablation] {len(rows)} finished cells -> {out / ablation.TABLE_CSV}")
             return 0
         ablation.run_grid(grid, out, shard=args.shard)

@@ -222,6 +222,57 @@ def test_the_table_refuses_a_cell_of_a_task_since_renamed(tmp_path, mini_data, c
         assert err.count("\n") == 1 and name in err and "curvature" in err
 
 
+def test_table_reads_committed_cells_without_copying_them_and_flags_pairs_across_cpus(tmp_path, mini_data, capsys):
+    """--table-only / --compare with --reuse DIR: DIR's cells fill in what --out lacks (read, never copied, so a
+    later run in --out still trains them here), --out's own cell wins, and a seed whose two cells ran on two
+    CPU models is starred in the comparison."""
+    from tensoradapt.train import pairs
+
+    committed, out = tmp_path / "committed", tmp_path / "out"
+    grid = small_grid(mini_data)
+    ra.run_grid(grid, committed, log=lambda *_: None, train_cell=toy_cell)
+    before = sorted(f.relative_to(committed) for f in committed.rglob("*"))
+    assert ra.collect_rows(grid, out) == []
+    rows = ra.collect_rows(grid, out, also=[committed])
+    assert len(rows) == len(grid.cells()) and {r["seed"] for r in rows} == {0, 1}
+    # out's own record of a cell wins over the committed one
+    tucker0 = next(c for c in grid.cells() if c.decomp == "tucker" and c.seed == 0)
+    res = json.loads((committed / "cells" / tucker0.name / finetune.RESULTS).read_text())
+    assert res["cpu"]
+    res["metrics"]["semantic"]["mIoU"] *= 0.5
+    res["cpu"] = "Another CPU"
+    (out / "cells" / tucker0.name).mkdir(parents=True)
+    (out / "cells" / tucker0.name / finetune.RESULTS).write_text(json.dumps(res))
+    rows = ra.collect_rows(grid, out, also=[committed])
+    mine = next(r for r in rows if r["cell"] == tucker0.name)
+    assert mine["semantic/mIoU"] == res["metrics"]["semantic"]["mIoU"] and mine["cpu"] == "Another CPU"
+    p = pairs.paired_delta_m(rows, ("tucker", "2,2,2"), ("lora", "2"))
+    assert p["seeds"] == [0, 1] and p["two_cpus"] == [0]
+    table = pairs.comparison_markdown(rows, [(("tucker", "2,2,2"), ("lora", "2"))])
+    assert table.splitlines()[2].split(" | ")[3].split(" / ")[0].endswith("*")  # seed 0 starred, seed 1 not
+    assert not table.splitlines()[2].split(" | ")[3].split(" / ")[1].endswith("*")
+    assert "seed(s) 0 paired cells of two CPU models" in table
+    # the command line reads the committed cells and writes the table into --out only
+    assert cli.main(["--out", str(out), "--table-only", "--reuse", str(committed)], make_grid=lambda a: grid) == 0
+    assert len(ra.load_table(out)) == len(grid.cells())
+    assert sorted(f.relative_to(committed) for f in committed.rglob("*")) == before
+    assert not (out / "cells" / next(c.name for c in grid.cells() if c.decomp == "lora")).exists()
+    capsys.readouterr()
+    assert cli.main(["--out", str(out), "--compare", "tucker", "lora:2", "--reuse", str(committed)],
+                    make_grid=lambda a: grid) == 0
+    assert "two CPU models" in capsys.readouterr().out
+    assert cli.main(["--out", str(out), "--table-only", "--reuse", str(tmp_path / "nowhere")],
+                    make_grid=lambda a: grid) == 2
+    assert "--reuse" in capsys.readouterr().err
+    # a committed cell that ran other settings is refused, naming the folder it is in
+    stale = committed / "cells" / next(c.name for c in grid.cells() if c.decomp == "lora") / finetune.RESULTS
+    rec = json.loads(stale.read_text())
+    rec["config"]["train"]["epochs"] = 7
+    stale.write_text(json.dumps(rec))
+    with pytest.raises(finetune.UsageError, match=f"in {committed} was run with other settings"):
+        ra.collect_rows(grid, out, also=[committed])
+
+
 def test_t_interval_matches_the_textbook_value():
     assert ra.t_interval([1.0, 2.0, 3.0]) == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)  # t(0.975, 2 dof) sd/sqrt(n)
     assert ra.t_interval([5.0, 5.0]) == 0.0

@@ -247,12 +247,13 @@ def run_grid(grid: Grid, out: str | Path, log: Callable[[str], None] = print,
 
 
 # ---------------------------------------------------------------------------------------------- table
-def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
-    """One row per finished cell of the grid (for its seeds and any other seed found in `out`), with
-    delta-m against the same seed's LoRA-STL cell; `UsageError` if one of them ran other settings."""
+def collect_rows(grid: Grid, out: Path, also: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """One row per finished cell of the grid (for its seeds and any other seed found in `out`, or in the
+    read-only folders `also`: `finished_results`), with delta-m against the same seed's LoRA-STL cell;
+    `UsageError` if one of them ran other settings."""
     from ..mtl import delta_m, get_tasks
 
-    results = finished_results(grid, out)
+    results = finished_results(grid, out, also)
     if not results:
         return []
     by_key = {(c.decomp, c.level, c.seed, c.task_set, c.shared_blocks): r for c, r in results.items()}
@@ -264,6 +265,7 @@ def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "decomp": cell.decomp, "ranks": cell.ranks or "", "level": cell.level, "seed": cell.seed,
             "trainable_params": res["params"]["trainable"], "delta_params": res["params"]["delta"],
+            "cpu": res.get("cpu", ""),  # pairs across two CPUs are flagged (`pairs`): floats differ between them
         }
         if grid.scaling:
             row.update(task_set=cell.task_set, T=len(tasks), shared_blocks=cell.shared_blocks)
@@ -294,10 +296,10 @@ def collect_rows(grid: Grid, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(grid: Grid, out: Path) -> list[dict[str, Any]]:
-    """table.json / table.csv / summary.csv / summary.md and the two plots from the finished cells; returns
-    the rows."""
-    rows = collect_rows(grid, out)
+def write_outputs(grid: Grid, out: Path, also: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """table.json / table.csv / summary.csv / summary.md and the two plots from the finished cells (in `out`,
+    then in the read-only folders `also`), written to `out`; returns the rows."""
+    rows = collect_rows(grid, out, also)
     if not rows:
         return rows
     from .plots import plot_delta_m_vs_params, plot_delta_m_vs_tasks, plot_metric_vs_rank

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .._utils import atomic_write_json
 from .claims import CLAIM
@@ -39,22 +39,28 @@ def settings_differences(cfg: FinetuneConfig, results: dict[str, Any]) -> list[s
     return out
 
 
-def finished_results(grid: Grid, out: Path) -> dict[Cell, dict[str, Any]]:
+def finished_results(grid: Grid, out: Path, also: Sequence[str | Path] = ()) -> dict[Cell, dict[str, Any]]:
     """Each finished cell's results.json in `out`, for the grid's seeds and any other seed found there; raises
     `UsageError` naming the first that ran other settings than `grid` asks for (e.g. a task set with a task since
-    renamed), so its numbers never enter a table or a resumed sweep."""
+    renamed), so its numbers never enter a table or a resumed sweep.
+
+    `also`: further sweep folders, read and never written (e.g. the committed records a table is rebuilt from),
+    searched in order for the cells `out` lacks; they are validated the same way, and no machine is filtered
+    out (the rows record each cell's CPU, and `pairs` flags a pair across two)."""
+    folders = [Path(out), *map(Path, also)]
     results: dict[Cell, dict[str, Any]] = {}
-    seeds = tuple(sorted(set(grid.seeds) | seeds_on_disk(out)))
+    seeds = tuple(sorted(set(grid.seeds).union(*map(seeds_on_disk, folders))))
     for c in dataclasses.replace(grid, seeds=seeds).cells():
-        p = Path(out) / "cells" / c.name / RESULTS
-        if not p.is_file():
+        found = [f / "cells" / c.name / RESULTS for f in folders if (f / "cells" / c.name / RESULTS).is_file()]
+        if not found:
             continue
-        results[c] = json.loads(p.read_text())
+        results[c] = json.loads(found[0].read_text())
         stale = settings_differences(grid.experiment_config(c, out), results[c])
         if stale:
             raise UsageError(
-                f"cell {c.name} in {out} was run with other settings ({', '.join(stale)}): use another --out, "
-                "leave that cell out of the grid (--seeds, --task-counts, ...), or delete it to rerun it")
+                f"cell {c.name} in {found[0].parent.parent.parent} was run with other settings ({', '.join(stale)}): "
+                "use another --out, leave that cell out of the grid (--seeds, --task-counts, ...), or delete it to "
+                "rerun it")
     return results
 
 

@@ -61,8 +61,9 @@ def _groups(rows: Sequence[dict[str, Any]]) -> list[tuple]:
 def paired_delta_m(rows: Sequence[dict[str, Any]], a: Config, b: Config) -> dict[str, Any]:
     """Δm (percent, + = `a` better) of configuration `a` against `b`, one value per seed where both ran.
 
-    Returns ``{"a", "b", "seeds", "per_seed", "mean", "std", "ci95"}`` (std / ci95 nan for one seed). Raises
-    ValueError when no seed has both cells, or when `rows` hold several task sets or trunk depths (a
+    Returns ``{"a", "b", "seeds", "per_seed", "mean", "std", "ci95", "two_cpus"}`` (std / ci95 nan for one
+    seed; `two_cpus`: the seeds whose two cells record different CPU models, so that their difference also holds
+    the machines'). Raises ValueError when no seed has both cells, or when `rows` hold several task sets or trunk depths (a
     task-scaling sweep): pass the rows of one condition, as `comparison_markdown` does."""
     from ..mtl import delta_m, get_tasks
 
@@ -74,11 +75,14 @@ def paired_delta_m(rows: Sequence[dict[str, Any]], a: Config, b: Config) -> dict
     if not seeds:
         raise ValueError(f"no seed has both {a} and {b} cells")
     per_seed = []
+    cpus = {s: (mine[s].get("cpu"), theirs[s].get("cpu")) for s in seeds}
+    two_cpus = [s for s, (x, y) in cpus.items() if x and y and x != y]  # an unrecorded CPU is not flagged
     for seed in seeds:
         result, base = _metrics(mine[seed]), _metrics(theirs[seed])
         per_seed.append(float(delta_m(result, base, get_tasks(tuple(result)))))
     return {"a": a, "b": b, "seeds": seeds, "per_seed": per_seed, "mean": statistics.mean(per_seed),
-            "std": statistics.stdev(per_seed) if len(per_seed) > 1 else float("nan"), "ci95": t_interval(per_seed)}
+            "std": statistics.stdev(per_seed) if len(per_seed) > 1 else float("nan"), "ci95": t_interval(per_seed),
+            "two_cpus": two_cpus}
 
 
 def _name(cfg: Config) -> str:
@@ -87,11 +91,12 @@ def _name(cfg: Config) -> str:
 
 def comparison_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[Config, Config]]) -> str:
     """A Markdown table: per pair (and per task set and trunk depth, in a task-scaling sweep), Δm per seed, the
-    mean ± 95 % interval, and how many standard deviations the mean is from 0."""
+    mean ± 95 % interval, and how many standard deviations the mean is from 0; a seed paired across two CPU
+    models is starred and named under the table."""
     groups = _groups(rows)
     scaling = groups != [(None, None)]
     head = "| A | vs B | " + ("task set | k | " if scaling else "") + "seeds | Δm per seed (%) | Δm (95 % CI) | \\|mean\\| / std |"
-    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
+    lines, notes = [head, "|" + "---|" * (head.count(" | ") + 1)], []
     for a, b in pairs:
         for task_set, k in groups:
             sub = [r for r in rows if _condition(r) == (task_set, k)]
@@ -102,6 +107,11 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[Co
             sigmas = f"{abs(p['mean']) / p['std']:.1f}" if p["std"] == p["std"] and p["std"] > 0 else "–"  # one seed
             ci = f" ± {p['ci95']:.2f}" if p["ci95"] == p["ci95"] else ""
             where = f"{task_set} | {k} | " if scaling else ""
+            per_seed = " / ".join(f"{v:+.2f}" + "*" * (seed in p["two_cpus"])
+                                  for seed, v in zip(p["seeds"], p["per_seed"]))
             lines.append(f"| {_name(a)} | {_name(b)} | {where}{len(p['seeds'])} | "
-                         f"{' / '.join(f'{v:+.2f}' for v in p['per_seed'])} | {p['mean']:+.2f}{ci} | {sigmas} |")
-    return "\n".join(lines) + "\n"
+                         f"{per_seed} | {p['mean']:+.2f}{ci} | {sigmas} |")
+            if p["two_cpus"]:
+                notes.append(f"* {_name(a)} vs {_name(b)}{f' ({task_set}, k = {k})' if scaling else ''}: seed(s) "
+                             f"{', '.join(map(str, p['two_cpus']))} paired cells of two CPU models")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
