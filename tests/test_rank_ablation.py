@@ -458,6 +458,34 @@ def test_reuse_adopts_only_finished_cells_that_ran_the_same_settings(tmp_path, m
     assert "--reuse" in capsys.readouterr().err
 
 
+def test_two_shards_adopting_the_same_cell_at_once_both_go_on(tmp_path, mini_data, monkeypatch):
+    """`--shard 0/2` and `--shard 1/2` with `--reuse` start together: both copy a cell, and the second rename
+    meets the first one's folder. That shard must keep the first copy and go on, not crash (it did, losing its
+    share of the sweep), and leave no half-copied folder behind."""
+    from tensoradapt.train import finished
+
+    source, out = tmp_path / "default", tmp_path / "out"
+    ra.run_grid(small_grid(mini_data, seeds=(0,)), source, log=lambda *_: None, train_cell=toy_cell)
+    real_copytree = shutil.copytree
+
+    def copy_after_the_other_shard(src, dst, **kw):  # the other shard's copy lands while this one copies
+        target = out / "cells" / Path(dst).name.split(".")[1]
+        if not target.exists():
+            real_copytree(src, target, **kw)
+            (target / "other-shard").write_text("")
+        return real_copytree(src, dst, **kw)
+
+    monkeypatch.setattr(finished.shutil, "copytree", copy_after_the_other_shard)
+    lines: list[str] = []
+    adopted = ra.adopt_cells(small_grid(mini_data, seeds=(0,)), out, source, log=lines.append)
+    assert sorted(adopted) == sorted(c.name for c in small_grid(mini_data, seeds=(0,)).cells())
+    for name in adopted:
+        assert (out / "cells" / name / "other-shard").exists()  # the first copy stays
+        assert (out / "cells" / name / finetune.RESULTS).is_file()
+    assert not [p for p in (out / "cells").iterdir() if p.name.startswith(".")]
+    assert sum("another process copied" in line for line in lines) == len(adopted)
+
+
 def test_task_scaling_default_cells_at_t3_k0_are_the_comparison_sweeps():
     """The two default grids share a schedule, so `task_scaling.py --reuse runs/rank_ablation` finds its T = 3,
     k = 0 cells there (compared as a results.json would hold them)."""

@@ -126,7 +126,14 @@ def adopt_cells(grid: Grid, out: str | Path, source: str | Path, log: Callable[[
                 tmp = target.with_name(f".{cell.name}.adopting-{os.getpid()}")
                 shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(CLAIM))
                 atomic_write_json(tmp / "adopted.json", {"from": str(d.resolve())})
-                os.replace(tmp, target)  # the cell appears whole or not at all
+                try:
+                    os.replace(tmp, target)  # the cell appears whole or not at all
+                except OSError:
+                    if not target.is_dir():
+                        raise
+                    shutil.rmtree(tmp)  # another shard adopted it first: its copy is this one
+                    log(f"[rank_ablation] {cell.name}: another process copied {d} first")
+                    break
                 log(f"[rank_ablation] {cell.name}: the finished cell {d} ran the same settings, copied")
                 break
     return adopted
