@@ -51,16 +51,15 @@ def finished_results(grid: Grid, out: Path, also: Sequence[str | Path] = ()) -> 
     results: dict[Cell, dict[str, Any]] = {}
     seeds = tuple(sorted(set(grid.seeds).union(*map(seeds_on_disk, folders))))
     for c in dataclasses.replace(grid, seeds=seeds).cells():
-        found = [f / "cells" / c.name / RESULTS for f in folders if (f / "cells" / c.name / RESULTS).is_file()]
-        if not found:
+        folder = next((f for f in folders if (f / "cells" / c.name / RESULTS).is_file()), None)
+        if folder is None:
             continue
-        results[c] = json.loads(found[0].read_text())
+        results[c] = json.loads((folder / "cells" / c.name / RESULTS).read_text())
         stale = settings_differences(grid.experiment_config(c, out), results[c])
         if stale:
             raise UsageError(
-                f"cell {c.name} in {found[0].parent.parent.parent} was run with other settings ({', '.join(stale)}): "
-                "use another --out, leave that cell out of the grid (--seeds, --task-counts, ...), or delete it to "
-                "rerun it")
+                f"cell {c.name} in {folder} was run with other settings ({', '.join(stale)}): use another --out, "
+                "leave that cell out of the grid (--seeds, --task-counts, ...), or delete it to rerun it")
     return results
 
 

@@ -63,8 +63,8 @@ def paired_delta_m(rows: Sequence[dict[str, Any]], a: Config, b: Config) -> dict
 
     Returns ``{"a", "b", "seeds", "per_seed", "mean", "std", "ci95", "two_cpus"}`` (std / ci95 nan for one
     seed; `two_cpus`: the seeds whose two cells record different CPU models, so that their difference also holds
-    the machines'). Raises ValueError when no seed has both cells, or when `rows` hold several task sets or trunk depths (a
-    task-scaling sweep): pass the rows of one condition, as `comparison_markdown` does."""
+    the machines'). Raises ValueError when no seed has both cells, or when `rows` hold several task sets or
+    trunk depths (a task-scaling sweep): pass the rows of one condition, as `comparison_markdown` does."""
     from ..mtl import delta_m, get_tasks
 
     if len(_groups(rows)) > 1:
@@ -74,9 +74,9 @@ def paired_delta_m(rows: Sequence[dict[str, Any]], a: Config, b: Config) -> dict
     seeds = sorted(set(mine) & set(theirs))
     if not seeds:
         raise ValueError(f"no seed has both {a} and {b} cells")
-    per_seed = []
     cpus = {s: (mine[s].get("cpu"), theirs[s].get("cpu")) for s in seeds}
     two_cpus = [s for s, (x, y) in cpus.items() if x and y and x != y]  # an unrecorded CPU is not flagged
+    per_seed = []
     for seed in seeds:
         result, base = _metrics(mine[seed]), _metrics(theirs[seed])
         per_seed.append(float(delta_m(result, base, get_tasks(tuple(result)))))
