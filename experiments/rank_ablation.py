@@ -145,13 +145,12 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
         return 2
     reused: list[str] = []
     read_also = [args.reuse] if args.reuse and (args.table_only or args.compare) else []
-    if read_also and not (Path(args.reuse) / "cells").is_dir():
-        print(f"rank_ablation.py: error: --reuse: {args.reuse} holds no cells/ folder: it must be a sweep's --out",
-              file=sys.stderr)
-        return 2
-    if args.reuse and not read_also:
+    if args.reuse:
         try:
-            reused = ablation.adopt_cells(grid, out, args.reuse, copy=not args.dry_run)
+            if read_also:  # the tables read its cells in place
+                ablation.sweep_folder(args.reuse)
+            else:  # a run copies in the cells it can pair with its own
+                reused = ablation.adopt_cells(grid, out, args.reuse, copy=not args.dry_run)
         except ValueError as e:
             print(f"rank_ablation.py: error: --reuse: {e}", file=sys.stderr)
             return 2

@@ -264,6 +264,8 @@ def test_table_reads_committed_cells_without_copying_them_and_flags_pairs_across
     assert cli.main(["--out", str(out), "--table-only", "--reuse", str(tmp_path / "nowhere")],
                     make_grid=lambda a: grid) == 2
     assert "--reuse" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no cells/ folder"):  # the library call too: no silently empty table
+        ra.collect_rows(grid, out, also=[tmp_path / "nowhere"])
     # a committed cell that ran other settings is refused, naming the folder it is in
     stale = committed / "cells" / next(c.name for c in grid.cells() if c.decomp == "lora") / finetune.RESULTS
     rec = json.loads(stale.read_text())

@@ -27,14 +27,15 @@ from ..sam import DECOMPS
 from .claims import claim, holder
 from .finetune import FinetuneConfig, run
 from .finished import (adopt_cells, cell_done, finished_results, machine_differences, seeds_on_disk,
-                       settings_differences)
+                       settings_differences, sweep_folder)
 from .resume import LAST
 from .stats import t_interval
 from .summary import PAIRED_COLUMNS, metric_columns, summarize, summary_markdown, write_csv
 
 __all__ = [
     "Cell", "Grid", "default_grid", "quick_grid", "run_grid", "adopt_cells", "cell_done",
-    "finished_results", "seeds_on_disk", "collect_rows", "write_outputs", "load_table", "summarize", "metric_columns",
+    "finished_results", "sweep_folder", "seeds_on_disk", "collect_rows", "write_outputs", "load_table", "summarize",
+    "metric_columns",
     "BASELINE_DECOMP", "TABLE_CSV", "TABLE_JSON", "SUMMARY_CSV", "SUMMARY_MD", "summary_markdown", "DM_PLOT",
     "RANK_PLOT", "TASKS_PLOT", "DEFAULT_RUN", "SWEEP_RUN", "QUICK_RUN", "PAIRED_COLUMNS", "t_interval",
     "task_scaling_grid", "machine_differences", "settings_differences",

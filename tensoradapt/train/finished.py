@@ -20,8 +20,8 @@ from .results import RESULTS, cpu_model
 if TYPE_CHECKING:
     from .ablation import Cell, Grid
 
-__all__ = ["cell_done", "settings_differences", "finished_results", "seeds_on_disk", "machine_differences",
-           "adopt_cells"]
+__all__ = ["cell_done", "settings_differences", "finished_results", "sweep_folder", "seeds_on_disk",
+           "machine_differences", "adopt_cells"]
 
 
 def cell_done(out: Path, cell: Cell) -> bool:
@@ -47,7 +47,7 @@ def finished_results(grid: Grid, out: Path, also: Sequence[str | Path] = ()) -> 
     `also`: further sweep folders, read and never written (e.g. the committed records a table is rebuilt from),
     searched in order for the cells `out` lacks; they are validated the same way, and no machine is filtered
     out (the rows record each cell's CPU, and `pairs` flags a pair across two)."""
-    folders = [Path(out), *map(Path, also)]
+    folders = [Path(out), *map(sweep_folder, also)]
     results: dict[Cell, dict[str, Any]] = {}
     seeds = tuple(sorted(set(grid.seeds).union(*map(seeds_on_disk, folders))))
     for c in dataclasses.replace(grid, seeds=seeds).cells():
@@ -61,6 +61,14 @@ def finished_results(grid: Grid, out: Path, also: Sequence[str | Path] = ()) -> 
                 f"cell {c.name} in {folder} was run with other settings ({', '.join(stale)}): use another --out, "
                 "leave that cell out of the grid (--seeds, --task-counts, ...), or delete it to rerun it")
     return results
+
+
+def sweep_folder(path: str | Path) -> Path:
+    """`path` as a Path if it is a sweep's output folder (it holds cells/); ValueError otherwise."""
+    path = Path(path)
+    if not (path / "cells").is_dir():
+        raise ValueError(f"source {path} holds no cells/ folder: it must be a sweep's --out")
+    return path
 
 
 def seeds_on_disk(out: Path) -> set[int]:
@@ -96,9 +104,7 @@ def adopt_cells(grid: Grid, out: str | Path, source: str | Path, log: Callable[[
 
     E.g. the task-scaling sweep's T = 3, k = 0 cells are the default sweep's cells. A cell that `out` already
     holds, finished or not, is left alone; the copy names its origin in `adopted.json`."""
-    out, source = Path(out), Path(source)
-    if not (source / "cells").is_dir():
-        raise ValueError(f"source {source} holds no cells/ folder: it must be a sweep's --out")
+    out, source = Path(out), sweep_folder(source)
     if source.resolve() == out.resolve():
         raise ValueError(f"source and out are the same folder ({out})")
     finished = [(d, json.loads((d / RESULTS).read_text())) for d in sorted((source / "cells").iterdir())
