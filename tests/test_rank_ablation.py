@@ -503,12 +503,17 @@ def test_task_scaling_default_cells_at_t3_k0_are_the_comparison_sweeps():
 
 
 def test_task_plot_labels_points_resting_on_fewer_seeds():
-    """A one-seed point beside three-seed means is labelled n = 1 (it has no interval and is not a mean)."""
+    """A one-seed point beside three-seed means is labelled n = 1 (it has no interval and is not a mean), and
+    two lines' points at one T are drawn apart, each within a fifth of a task of it."""
     from tensoradapt.train.plots import plot_delta_m_vs_tasks
 
     row = dict(decomp="tucker", ranks="4,8,8", shared_blocks=0, delta_m_vs_frozen_ci95=1.0)
     summary = [dict(row, T=3, delta_m_vs_frozen=8.0, seeds=3), dict(row, T=8, delta_m_vs_frozen=5.0, seeds=1),
                dict(decomp="frozen", ranks=None, shared_blocks=0, T=3, delta_m_vs_frozen=0.0, seeds=3)]
+    summary.append(dict(row, shared_blocks=2, T=3, delta_m_vs_frozen=6.0, seeds=3))
     fig = plot_delta_m_vs_tasks(summary)
-    labels = [(t.get_text(), t.xy) for t in fig.axes[0].texts]
-    assert labels == [("n = 1", (8, 5.0))]
+    labels = [(t.get_text(), round(t.xy[0]), t.xy[1]) for t in fig.axes[0].texts]
+    assert labels == [("n = 1", 8, 5.0)]
+    xs = {bars.get_label(): bars.lines[0].get_xdata() for bars in fig.axes[0].containers}
+    k0_at_3, k2_at_3 = xs["tucker, k = 0"][0], xs["tucker, k = 2"][0]
+    assert k0_at_3 != k2_at_3 and abs(k0_at_3 - 3) < 0.2 and abs(k2_at_3 - 3) < 0.2
