@@ -239,6 +239,7 @@ def plot_delta_m_vs_tasks(summary: Sequence[Mapping[str, Any]], path: str | Path
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     lines = list(dict.fromkeys((r["decomp"], r["shared_blocks"]) for r in summary if r["ranks"]))
     most_seeds = max((r["seeds"] for r in summary), default=0)
+    few: dict[int, list[tuple[float, float, int]]] = {}  # T -> (x, Δm, seeds) of the points to label
     for i, (decomp, k) in enumerate(lines):
         shift = 0.08 * (i - (len(lines) - 1) / 2)
         pts = sorted((r for r in summary if (r["decomp"], r["shared_blocks"]) == (decomp, k)
@@ -250,8 +251,10 @@ def plot_delta_m_vs_tasks(summary: Sequence[Mapping[str, Any]], path: str | Path
                         ls="-" if k == 0 else "--", label=f"{decomp}, k = {k}")
             for p in pts:
                 if p["seeds"] < most_seeds:
-                    ax.annotate(f"n = {p['seeds']}", (p["T"] + shift, p["delta_m_vs_frozen"]),
-                                textcoords="offset points", xytext=(4, 3 if i % 2 else -9), fontsize=7)
+                    few.setdefault(p["T"], []).append((p["T"] + shift, p["delta_m_vs_frozen"], p["seeds"]))
+    for labels in few.values():  # at one T, the highest label above its point, the others below theirs
+        for j, (x, y, n) in enumerate(sorted(labels, key=lambda lab: -lab[1])):
+            ax.annotate(f"n = {n}", (x, y), textcoords="offset points", xytext=(4, 3 if j == 0 else -10), fontsize=7)
     ax.axhline(0, lw=0.8, color="black")
     ts = sorted({r["T"] for r in summary})
     ax.set_xticks(ts, [str(t) for t in ts])
