@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.description = __doc__.split("\n")[0]
     parser.add_argument("--task-counts", type=int_tuple, default=(3, 5, 8), help="the numbers of tasks T")
     parser.add_argument("--shared-blocks", type=int_tuple, default=(0, 2), help="trunk depths k (must include 0)")
+    parser.add_argument("--levels", type=int_tuple, default=None,
+                        help="rank levels of the --decomps adapters (default 8, the small rank; e.g. 8,32 adds "
+                             "Tucker (4, 32, 32), the paper's ranks; LoRA-STL 8 stays the baseline)")
 
     def grid(args) -> ablation.Grid:
         if args.all_ranks:
@@ -42,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if decomps:
             kwargs["decomps"] = decomps
         return ablation.task_scaling_grid(task_counts=args.task_counts, shared_blocks=args.shared_blocks,
-                                          quick=args.quick, **kwargs)
+                                          levels=args.levels, quick=args.quick, **kwargs)
 
     return rank_ablation.main(argv, parser=parser, make_grid=grid, default_out="runs/task_scaling")
 

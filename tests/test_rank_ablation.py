@@ -517,3 +517,28 @@ def test_task_plot_labels_points_resting_on_fewer_seeds():
     xs = {bars.get_label(): bars.lines[0].get_xdata() for bars in fig.axes[0].containers}
     k0_at_3, k2_at_3 = xs["tucker, k = 0"][0], xs["tucker, k = 2"][0]
     assert k0_at_3 != k2_at_3 and abs(k0_at_3 - 3) < 0.2 and abs(k2_at_3 - 3) < 0.2
+
+
+def test_task_plot_draws_each_rank_of_a_method_as_its_own_line():
+    """Tucker at two ranks is two lines named by their ranks (not one line zig-zagging between them); a method
+    at one rank keeps its plain name."""
+    from tensoradapt.train.plots import plot_delta_m_vs_tasks
+
+    row = dict(decomp="tucker", shared_blocks=0, seeds=3, delta_m_vs_frozen_ci95=1.0)
+    summary = [dict(row, ranks="4,8,8", T=3, delta_m_vs_frozen=8.0),
+               dict(row, ranks="4,8,8", T=5, delta_m_vs_frozen=4.0),
+               dict(row, ranks="4,32,32", T=5, delta_m_vs_frozen=6.0),
+               dict(row, decomp="lora", ranks="8", T=5, delta_m_vs_frozen=5.0)]
+    fig = plot_delta_m_vs_tasks(summary)
+    ys = {bars.get_label(): list(bars.lines[0].get_ydata()) for bars in fig.axes[0].containers}
+    assert ys == {"tucker (4,8,8), k = 0": [8.0, 4.0], "tucker (4,32,32), k = 0": [6.0], "lora, k = 0": [5.0]}
+
+
+def test_task_scaling_levels_add_ranks_to_the_named_adapters_and_keep_the_baseline():
+    grid = ra.task_scaling_grid(task_counts=(5,), shared_blocks=(0,), seeds=(1,), decomps=("tucker",), levels=(8, 32))
+    assert [c.name for c in grid.cells()] == ["lora_r8_T5_s1", "tucker_r4-8-8_T5_s1", "tucker_r4-32-32_T5_s1",
+                                              "frozen_rnone_T5_s1"]
+    both = ra.task_scaling_grid(task_counts=(5,), shared_blocks=(0,), seeds=(1,), levels=(32,))
+    assert both.levels == {"tucker": (32,), "lora": (8, 32)}  # LoRA-STL 8 stays: every Δm is against it
+    with pytest.raises(ValueError, match="levels must be ranks >= 1"):
+        ra.task_scaling_grid(levels=(0,))

@@ -182,10 +182,12 @@ def quick_grid(seeds: Sequence[int] = (0,), **run: Any) -> Grid:
 
 def task_scaling_grid(seeds: Sequence[int] = (0, 1, 2), task_counts: Sequence[int] = (3, 5, 8),
                       shared_blocks: Sequence[int] = (0, 2), decomps: Sequence[str] = ("tucker", "lora"),
-                      quick: bool = False, **run: Any) -> Grid:
+                      levels: Sequence[int] | None = None, quick: bool = False, **run: Any) -> Grid:
     """Issue 15's sweep: `decomps` (default TA-LoRA and LoRA-STL) at the small rank, and the frozen encoder,
     for the first T tasks of the task table (`tensoradapt.mtl.task_table`) and trunk depths k (default L/2 = 2
-    of tiny_p8's 4 blocks)."""
+    of tiny_p8's 4 blocks). `levels`: the rank levels of each decomp in `decomps` (default: the small rank only;
+    e.g. (8, 32) adds Tucker (4, 32, 32), the paper's ranks); LoRA-STL keeps its baseline level whatever the
+    levels."""
     from ..mtl import task_table
 
     names = list(task_table())
@@ -193,8 +195,14 @@ def task_scaling_grid(seeds: Sequence[int] = (0, 1, 2), task_counts: Sequence[in
     if bad:
         raise ValueError(f"task_counts must lie in 1..{len(names)}, got {bad}")
     level = 4 if quick else 8
-    decomps = tuple(dict.fromkeys((*decomps, BASELINE_DECOMP)))
-    return Grid(decomps=decomps, levels={d: (level,) for d in decomps}, references=("frozen",),
+    levels = tuple(levels) if levels is not None else (level,)
+    if not levels or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in levels):
+        raise ValueError(f"levels must be ranks >= 1, got {levels}")
+    named = tuple(decomps)
+    decomps = tuple(dict.fromkeys((*named, BASELINE_DECOMP)))
+    by_decomp = {d: tuple(sorted(set(levels))) for d in named}
+    by_decomp[BASELINE_DECOMP] = tuple(sorted({*by_decomp.get(BASELINE_DECOMP, ()), level}))  # every Δm's baseline
+    return Grid(decomps=decomps, levels=by_decomp, references=("frozen",),
                 seeds=tuple(seeds), baseline_level=level, task_sets={f"T{t}": tuple(names[:t]) for t in task_counts},
                 shared_blocks=tuple(shared_blocks), run={**(QUICK_RUN if quick else DEFAULT_RUN), **run})
 

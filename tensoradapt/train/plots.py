@@ -231,24 +231,27 @@ def plot_metric_vs_rank(rows: Sequence[Mapping[str, Any]], path: str | Path | No
 
 def plot_delta_m_vs_tasks(summary: Sequence[Mapping[str, Any]], path: str | Path | None = None):
     """Task scaling: Δm vs the frozen encoder (mean over seeds, error bar = the 95 % interval of the paired
-    differences) against the number of tasks T, one line per (method, trunk depth k). A point resting on fewer
+    differences) against the number of tasks T, one line per (method, ranks, trunk depth k); the ranks are named
+    in the legend where a method ran at more than one. A point resting on fewer
     seeds than the most any point has is labelled with its count ("n = 1": no interval, not a mean). The
     lines are drawn side by side, each shifted by a few hundredths of a task, so that their bars do not hide
     each other. `summary`: `tensoradapt.train.summary.summarize` of a task-scaling grid's rows."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    lines = list(dict.fromkeys((r["decomp"], r["shared_blocks"]) for r in summary if r["ranks"]))
+    lines = list(dict.fromkeys((r["decomp"], r["ranks"], r["shared_blocks"]) for r in summary if r["ranks"]))
+    ranked = {d for d, ranks, _ in lines if len({r for e, r, _ in lines if e == d}) > 1}
     most_seeds = max((r["seeds"] for r in summary), default=0)
     few: dict[int, list[tuple[float, float, int]]] = {}  # T -> (x, Δm, seeds) of the points to label
-    for i, (decomp, k) in enumerate(lines):
+    for i, (decomp, ranks, k) in enumerate(lines):
         shift = 0.08 * (i - (len(lines) - 1) / 2)
-        pts = sorted((r for r in summary if (r["decomp"], r["shared_blocks"]) == (decomp, k)
+        pts = sorted((r for r in summary if (r["decomp"], r["ranks"], r["shared_blocks"]) == (decomp, ranks, k)
                       and "delta_m_vs_frozen" in r), key=lambda r: r["T"])
         if pts:
             ci = [p.get("delta_m_vs_frozen_ci95", 0) for p in pts]
+            name = f"{decomp} ({ranks})" if decomp in ranked else decomp
             ax.errorbar([p["T"] + shift for p in pts], [p["delta_m_vs_frozen"] for p in pts],
                         yerr=[0 if c != c else c for c in ci], marker=_MARKERS.get(decomp, "o"), capsize=3,
-                        ls="-" if k == 0 else "--", label=f"{decomp}, k = {k}")
+                        ls="-" if k == 0 else "--", label=f"{name}, k = {k}")
             for p in pts:
                 if p["seeds"] < most_seeds:
                     few.setdefault(p["T"], []).append((p["T"] + shift, p["delta_m_vs_frozen"], p["seeds"]))
