@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--levels", type=int_tuple, default=None,
                         help="rank levels of the --decomps adapters (default 8, the small rank; e.g. 8,32 adds "
                              "Tucker (4, 32, 32), the paper's ranks; LoRA-STL 8 stays the baseline)")
+    parser.add_argument("--task-rank", type=int, default=4,
+                        help="Tucker's task rank r_task (default 4, the paper's; e.g. 5 at T = 5 gives every task "
+                             "its own core slice)")
 
     def grid(args) -> ablation.Grid:
         if args.all_ranks:
@@ -45,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if decomps:
             kwargs["decomps"] = decomps
         return ablation.task_scaling_grid(task_counts=args.task_counts, shared_blocks=args.shared_blocks,
-                                          levels=args.levels, quick=args.quick, **kwargs)
+                                          levels=args.levels, task_rank=args.task_rank, quick=args.quick,
+                                          **kwargs)
 
     return rank_ablation.main(argv, parser=parser, make_grid=grid, default_out="runs/task_scaling")
 

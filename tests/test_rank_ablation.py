@@ -542,3 +542,13 @@ def test_task_scaling_levels_add_ranks_to_the_named_adapters_and_keep_the_baseli
     assert both.levels == {"tucker": (32,), "lora": (8, 32)}  # LoRA-STL 8 stays: every Δm is against it
     with pytest.raises(ValueError, match="levels must be ranks >= 1"):
         ra.task_scaling_grid(levels=(0,))
+
+
+def test_task_scaling_task_rank_names_tucker_cells_and_reaches_their_config():
+    grid = ra.task_scaling_grid(task_counts=(5,), shared_blocks=(0,), seeds=(1,), task_rank=5)
+    names = [c.name for c in grid.cells()]
+    assert names == ["lora_r8_T5_s1", "tucker_r5-8-8_T5_s1", "frozen_rnone_T5_s1"]
+    cell = grid.cells()[1]
+    assert grid.experiment_config(cell, "x").msam.ranks == (5, 8, 8)
+    with pytest.raises(ValueError, match="task_rank must be an int >= 1"):
+        ra.task_scaling_grid(task_rank=0)

@@ -182,12 +182,13 @@ def quick_grid(seeds: Sequence[int] = (0,), **run: Any) -> Grid:
 
 def task_scaling_grid(seeds: Sequence[int] = (0, 1, 2), task_counts: Sequence[int] = (3, 5, 8),
                       shared_blocks: Sequence[int] = (0, 2), decomps: Sequence[str] = ("tucker", "lora"),
-                      levels: Sequence[int] | None = None, quick: bool = False, **run: Any) -> Grid:
+                      levels: Sequence[int] | None = None, task_rank: int = 4, quick: bool = False,
+                      **run: Any) -> Grid:
     """Issue 15's sweep: `decomps` (default TA-LoRA and LoRA-STL) at the small rank, and the frozen encoder,
     for the first T tasks of the task table (`tensoradapt.mtl.task_table`) and trunk depths k (default L/2 = 2
     of tiny_p8's 4 blocks). `levels`: the rank levels of each decomp in `decomps` (default: the small rank only;
     e.g. (8, 32) adds Tucker (4, 32, 32), the paper's ranks); LoRA-STL keeps its baseline level whatever the
-    levels."""
+    levels. `task_rank`: Tucker's r_task (default 4, the paper's R3; below T it makes tasks share core slices)."""
     from ..mtl import task_table
 
     names = list(task_table())
@@ -198,11 +199,13 @@ def task_scaling_grid(seeds: Sequence[int] = (0, 1, 2), task_counts: Sequence[in
     levels = tuple(levels) if levels is not None else (level,)
     if not levels or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in levels):
         raise ValueError(f"levels must be ranks >= 1, got {levels}")
+    if isinstance(task_rank, bool) or not isinstance(task_rank, int) or task_rank < 1:
+        raise ValueError(f"task_rank must be an int >= 1, got {task_rank!r}")
     named = tuple(decomps)
     decomps = tuple(dict.fromkeys((*named, BASELINE_DECOMP)))
     by_decomp = {d: tuple(sorted(set(levels))) for d in named}
     by_decomp[BASELINE_DECOMP] = tuple(sorted({*by_decomp.get(BASELINE_DECOMP, ()), level}))  # every Δm's baseline
-    return Grid(decomps=decomps, levels=by_decomp, references=("frozen",),
+    return Grid(decomps=decomps, levels=by_decomp, task_rank=task_rank, references=("frozen",),
                 seeds=tuple(seeds), baseline_level=level, task_sets={f"T{t}": tuple(names[:t]) for t in task_counts},
                 shared_blocks=tuple(shared_blocks), run={**(QUICK_RUN if quick else DEFAULT_RUN), **run})
 
