@@ -37,9 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--levels", type=int_tuple, default=None,
                         help="rank levels of the --decomps adapters (default 8, the small rank; e.g. 8,32 adds "
                              "Tucker (4, 32, 32), the paper's ranks; LoRA-STL 8 stays the baseline)")
-    parser.add_argument("--task-rank", type=int, default=4,
-                        help="Tucker's task rank r_task (default 4, the paper's; e.g. 5 at T = 5 gives every task "
-                             "its own core slice)")
+    parser.add_argument("--task-rank", type=int_tuple, default=(4,),
+                        help="Tucker's task rank r_task (default 4, the paper's; 5 at T = 5 gives every task its "
+                             "own core slice); several, e.g. 4,5: a Tucker cell at each, to --compare them")
 
     def grid(args) -> ablation.Grid:
         if args.all_ranks:

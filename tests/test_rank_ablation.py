@@ -550,5 +550,36 @@ def test_task_scaling_task_rank_names_tucker_cells_and_reaches_their_config():
     assert names == ["lora_r8_T5_s1", "tucker_r5-8-8_T5_s1", "frozen_rnone_T5_s1"]
     cell = grid.cells()[1]
     assert grid.experiment_config(cell, "x").msam.ranks == (5, 8, 8)
-    with pytest.raises(ValueError, match="task_rank must be an int >= 1"):
+    assert ra.task_scaling_grid(task_rank=(5,)).task_rank == 5  # one task rank: recorded as before
+    with pytest.raises(ValueError, match="task_rank must be distinct ints >= 1"):
         ra.task_scaling_grid(task_rank=0)
+    with pytest.raises(ValueError, match="task_rank must be distinct ints >= 1"):
+        ra.task_scaling_grid(task_rank=(4, 4))
+
+
+def test_two_task_ranks_at_one_level_each_pair_with_their_own_cells(tmp_path, mini_data):
+    """Tucker at task ranks 2 and 3 shares the nominal level 4: each trunk cell is paired with the k = 0 cell
+    of its own ranks (pairing by level would let one overwrite the other), and --compare tells them apart."""
+    from tensoradapt.mtl import delta_m, get_tasks
+    from tensoradapt.train import pairs
+
+    run = dict(epochs=1, data="nyuv2", data_root=str(mini_data), image_size=(24, 32), train_size=8, val_size=4,
+               batch_size=4, progress=False, num_figures=1, checkpoint="none")
+    grid = ra.task_scaling_grid(seeds=(0,), task_counts=(2,), shared_blocks=(0, 1), decomps=("tucker",),
+                                task_rank=(2, 3), quick=True, **run)
+    names = [c.name for c in grid.cells()]
+    assert names == ["lora_r4_T2_s0", "tucker_r2-4-4_T2_s0", "tucker_r3-4-4_T2_s0", "lora_r4_T2_k1_s0",
+                     "tucker_r2-4-4_T2_k1_s0", "tucker_r3-4-4_T2_k1_s0", "frozen_rnone_T2_s0"]
+    out = tmp_path / "tr"
+    rows = ra.run_grid(grid, out, log=lambda *_: None, train_cell=toy_cell)
+    res = {n: json.loads((out / "cells" / n / finetune.RESULTS).read_text())["metrics"] for n in names}
+    assert res["tucker_r2-4-4_T2_s0"] != res["tucker_r3-4-4_T2_s0"]  # so a mix-up would show
+    tasks = get_tasks(grid.task_sets["T2"])
+    for r in rows:
+        if r["decomp"] == "tucker" and r["shared_blocks"] == 1:
+            k0 = r["cell"].replace("_k1_", "_")
+            assert r["delta_m_vs_k0"] == pytest.approx(float(delta_m(res[r["cell"]], res[k0], tasks)))
+    a, b = pairs.parse_config("tucker:3,4,4", rows), pairs.parse_config("tucker:2,4,4", rows)
+    assert (a, b) == (("tucker", "3,4,4"), ("tucker", "2,4,4"))
+    with pytest.raises(ValueError, match="write tucker:RANKS"):
+        pairs.parse_config("tucker", rows)

@@ -63,10 +63,15 @@ class Cell:
         k = f"_k{self.shared_blocks}" if self.shared_blocks else ""
         return f"{self.decomp}_r{r}{ts}{k}_s{self.seed}"
 
-    def paired(self, decomp: str, level: int | None = None, shared_blocks: int | None = None) -> tuple:
-        """The key of the cell this one is compared with: same seed and task set."""
+    def paired(self, decomp: str, ranks: str | None = None, shared_blocks: int | None = None) -> tuple:
+        """The key (`key`) of the cell this one is compared with: same seed and task set."""
         k = self.shared_blocks if shared_blocks is None else shared_blocks
-        return (decomp, level, self.seed, self.task_set, k)
+        return (decomp, ranks, self.seed, self.task_set, k)
+
+    @property
+    def key(self) -> tuple:
+        """(decomp, ranks, seed, task set, k): unique within a grid (two Tucker task ranks share a level)."""
+        return self.paired(self.decomp, self.ranks)
 
 
 def _rank_text(decomp: str, r: int, task_rank: int) -> str:
@@ -83,7 +88,7 @@ class Grid:
     # largest (32: the paper's own); lora 16 matches tucker (4, 32, 32) in trainable parameters
     levels: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
         "tucker": (8, 32), "cp": (8, 32), "tt": (8, 32), "lora": (8, 16, 32), "shared-lora": (8, 32)})
-    task_rank: int = 4                      # Tucker's r_task (the paper's R3)
+    task_rank: int | tuple[int, ...] = 4    # Tucker's r_task (the paper's R3); several: a cell per task rank
     references: tuple[str, ...] = ("frozen", "full")
     seeds: tuple[int, ...] = (0, 1, 2)
     baseline_level: int = 8                 # the LoRA-STL cell delta-m is measured against
@@ -106,6 +111,9 @@ class Grid:
                              f"{self.levels[BASELINE_DECOMP]}")
         if not self.seeds:
             raise ValueError("seeds is empty")
+        tr = self.task_ranks
+        if not tr or len(set(tr)) < len(tr) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in tr):
+            raise ValueError(f"task_rank must be distinct ints >= 1, got {self.task_rank!r}")
         self.task_sets = {str(k): tuple(v) for k, v in self.task_sets.items()}
         if any(not k.isalnum() or not k.isascii() or not v for k, v in self.task_sets.items()):
             raise ValueError(f"task_sets must map letter-and-digit labels (they name cell folders) to non-empty "
@@ -124,15 +132,24 @@ class Grid:
             for ts in self.task_sets or [""]:
                 for k in self.shared_blocks:
                     # the baseline first, so delta-m is available as soon as possible
-                    out.append(Cell(BASELINE_DECOMP, _rank_text(BASELINE_DECOMP, self.baseline_level, self.task_rank),
-                                    self.baseline_level, seed, ts, k))
+                    out.append(Cell(BASELINE_DECOMP, self.baseline_ranks, self.baseline_level, seed, ts, k))
                     for d in self.decomps:
                         for r in self.levels[d]:
-                            c = Cell(d, _rank_text(d, r, self.task_rank), r, seed, ts, k)
-                            if c not in out:
-                                out.append(c)
+                            for tr in self.task_ranks if d == "tucker" else self.task_ranks[:1]:
+                                c = Cell(d, _rank_text(d, r, tr), r, seed, ts, k)
+                                if c not in out:
+                                    out.append(c)
                 out += [Cell(d, None, None, seed, ts) for d in self.references]
         return out
+
+    @property
+    def task_ranks(self) -> tuple[int, ...]:
+        return tuple(self.task_rank) if isinstance(self.task_rank, (tuple, list)) else (self.task_rank,)
+
+    @property
+    def baseline_ranks(self) -> str:
+        """The ranks text of the LoRA-STL cell every Δm is measured against."""
+        return _rank_text(BASELINE_DECOMP, self.baseline_level, self.task_ranks[0])
 
     @property
     def scaling(self) -> bool:
@@ -150,6 +167,8 @@ class Grid:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["levels"] = {k: list(v) for k, v in self.levels.items()}
+        if isinstance(self.task_rank, (tuple, list)):
+            d["task_rank"] = list(self.task_rank)
         d["task_sets"] = {k: list(v) for k, v in self.task_sets.items()}
         d["shared_blocks"] = list(self.shared_blocks)
         return d
@@ -182,13 +201,14 @@ def quick_grid(seeds: Sequence[int] = (0,), **run: Any) -> Grid:
 
 def task_scaling_grid(seeds: Sequence[int] = (0, 1, 2), task_counts: Sequence[int] = (3, 5, 8),
                       shared_blocks: Sequence[int] = (0, 2), decomps: Sequence[str] = ("tucker", "lora"),
-                      levels: Sequence[int] | None = None, task_rank: int = 4, quick: bool = False,
+                      levels: Sequence[int] | None = None, task_rank: int | Sequence[int] = 4, quick: bool = False,
                       **run: Any) -> Grid:
     """Issue 15's sweep: `decomps` (default TA-LoRA and LoRA-STL) at the small rank, and the frozen encoder,
     for the first T tasks of the task table (`tensoradapt.mtl.task_table`) and trunk depths k (default L/2 = 2
     of tiny_p8's 4 blocks). `levels`: the rank levels of each decomp in `decomps` (default: the small rank only;
     e.g. (8, 32) adds Tucker (4, 32, 32), the paper's ranks); LoRA-STL keeps its baseline level whatever the
-    levels. `task_rank`: Tucker's r_task (default 4, the paper's R3; below T it makes tasks share core slices)."""
+    levels. `task_rank`: Tucker's r_task (default 4, the paper's R3; below T it makes tasks share core slices),
+    or several, a Tucker cell per task rank."""
     from ..mtl import task_table
 
     names = list(task_table())
@@ -199,12 +219,13 @@ def task_scaling_grid(seeds: Sequence[int] = (0, 1, 2), task_counts: Sequence[in
     levels = tuple(levels) if levels is not None else (level,)
     if not levels or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in levels):
         raise ValueError(f"levels must be ranks >= 1, got {levels}")
-    if isinstance(task_rank, bool) or not isinstance(task_rank, int) or task_rank < 1:
-        raise ValueError(f"task_rank must be an int >= 1, got {task_rank!r}")
     named = tuple(decomps)
     decomps = tuple(dict.fromkeys((*named, BASELINE_DECOMP)))
     by_decomp = {d: tuple(sorted(set(levels))) for d in named}
     by_decomp[BASELINE_DECOMP] = tuple(sorted({*by_decomp.get(BASELINE_DECOMP, ()), level}))  # every Δm's baseline
+    if isinstance(task_rank, (tuple, list)) and len(task_rank) == 1:
+        task_rank = task_rank[0]  # one task rank: the grid records it as the plain int it always was
+    task_rank = tuple(task_rank) if isinstance(task_rank, (tuple, list)) else task_rank
     return Grid(decomps=decomps, levels=by_decomp, task_rank=task_rank, references=("frozen",),
                 seeds=tuple(seeds), baseline_level=level, task_sets={f"T{t}": tuple(names[:t]) for t in task_counts},
                 shared_blocks=tuple(shared_blocks), run={**(QUICK_RUN if quick else DEFAULT_RUN), **run})
@@ -268,11 +289,11 @@ def collect_rows(grid: Grid, out: Path, also: Sequence[str | Path] = ()) -> list
     results = finished_results(grid, out, also)
     if not results:
         return []
-    by_key = {(c.decomp, c.level, c.seed, c.task_set, c.shared_blocks): r for c, r in results.items()}
+    by_key = {c.key: r for c, r in results.items()}
     rows = []
     for cell, res in results.items():
         tasks = get_tasks(tuple(res["config"]["tasks"]))
-        base = by_key.get(cell.paired(BASELINE_DECOMP, grid.baseline_level))
+        base = by_key.get(cell.paired(BASELINE_DECOMP, grid.baseline_ranks))
         frozen = by_key.get(cell.paired("frozen", shared_blocks=0))
         row: dict[str, Any] = {
             "decomp": cell.decomp, "ranks": cell.ranks or "", "level": cell.level, "seed": cell.seed,
@@ -294,7 +315,7 @@ def collect_rows(grid: Grid, out: Path, also: Sequence[str | Path] = ()) -> list
                 row["delta_m_note"] = str(e)
         refs = [("delta_m_vs_frozen", frozen)]
         if grid.scaling:
-            refs.append(("delta_m_vs_k0", by_key.get(cell.paired(cell.decomp, cell.level, 0))))
+            refs.append(("delta_m_vs_k0", by_key.get(cell.paired(cell.decomp, cell.ranks, 0))))
         for column, ref in refs:
             row[column] = None
             if ref is not None:
