@@ -281,8 +281,14 @@ def test_torchrun_two_processes_match_one_process(mini, tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
     assert len(b["rng"]) == 2 and a["step"] == b["step"] == 2
+    # compared tensor by tensor in RMS, not element by element: an entry whose gradient sums terms that nearly
+    # cancel keeps the summation order's rounding at full size (an AMD EPYC put one of the 256 entries of a
+    # Tucker core, -0.00128 against -0.00127, 1.06e-5 apart against an element-wise bound of 1.01e-5), while a
+    # real fault (gradients summed instead of averaged, a sample dropped) moves whole tensors by their update
     for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+        x, y = a["model"][k].double(), b["model"][k].double()
+        bound = 1e-5 * x.numel() ** 0.5 + 1e-4 * y.norm()
+        assert (x - y).norm() <= bound, f"{k}: |one - two| = {float((x - y).norm()):.3g} > {float(bound):.3g}"
     ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert rb["world_size"] == 2
     # a share of pixels under a threshold (normal "within_22.5") may flip one pixel of the 2 x 48 x 64 validation
