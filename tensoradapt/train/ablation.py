@@ -74,6 +74,11 @@ class Cell:
         return self.paired(self.decomp, self.ranks)
 
 
+def _ints_from(values: Sequence[Any], low: int) -> bool:
+    """Whether every value is an int (not a bool) >= low."""
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values)
+
+
 def _rank_text(decomp: str, r: int, task_rank: int) -> str:
     return {"tucker": f"{task_rank},{r},{r}", "tt": f"{r},{r}"}.get(decomp, str(r))
 
@@ -111,8 +116,10 @@ class Grid:
                              f"{self.levels[BASELINE_DECOMP]}")
         if not self.seeds:
             raise ValueError("seeds is empty")
+        if isinstance(self.task_rank, (tuple, list)):  # one task rank is kept as the plain int it always was
+            self.task_rank = self.task_rank[0] if len(self.task_rank) == 1 else tuple(self.task_rank)
         tr = self.task_ranks
-        if not tr or len(set(tr)) < len(tr) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in tr):
+        if not tr or len(set(tr)) < len(tr) or not _ints_from(tr, 1):
             raise ValueError(f"task_rank must be distinct ints >= 1, got {self.task_rank!r}")
         self.task_sets = {str(k): tuple(v) for k, v in self.task_sets.items()}
         if any(not k.isalnum() or not k.isascii() or not v for k, v in self.task_sets.items()):
@@ -120,7 +127,7 @@ class Grid:
                              f"task lists, got {self.task_sets}")
         self.shared_blocks = tuple(self.shared_blocks)
         k = self.shared_blocks
-        if 0 not in k or len(set(k)) != len(k) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in k):
+        if 0 not in k or len(set(k)) != len(k) or not _ints_from(k, 0):
             raise ValueError(f"shared_blocks must be distinct ints >= 0 including 0 (every trunk's reference), got {k}")
         clash = sorted({"tasks", "shared_blocks"} & set(self.run)) if self.scaling else []
         if clash:
@@ -135,7 +142,7 @@ class Grid:
                     out.append(Cell(BASELINE_DECOMP, self.baseline_ranks, self.baseline_level, seed, ts, k))
                     for d in self.decomps:
                         for r in self.levels[d]:
-                            for tr in self.task_ranks if d == "tucker" else self.task_ranks[:1]:
+                            for tr in self.task_ranks:  # only Tucker's text names it: the others dedupe below
                                 c = Cell(d, _rank_text(d, r, tr), r, seed, ts, k)
                                 if c not in out:
                                     out.append(c)
@@ -217,15 +224,12 @@ def task_scaling_grid(seeds: Sequence[int] = (0, 1, 2), task_counts: Sequence[in
         raise ValueError(f"task_counts must lie in 1..{len(names)}, got {bad}")
     level = 4 if quick else 8
     levels = tuple(levels) if levels is not None else (level,)
-    if not levels or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in levels):
+    if not levels or not _ints_from(levels, 1):
         raise ValueError(f"levels must be ranks >= 1, got {levels}")
     named = tuple(decomps)
     decomps = tuple(dict.fromkeys((*named, BASELINE_DECOMP)))
     by_decomp = {d: tuple(sorted(set(levels))) for d in named}
     by_decomp[BASELINE_DECOMP] = tuple(sorted({*by_decomp.get(BASELINE_DECOMP, ()), level}))  # every Δm's baseline
-    if isinstance(task_rank, (tuple, list)) and len(task_rank) == 1:
-        task_rank = task_rank[0]  # one task rank: the grid records it as the plain int it always was
-    task_rank = tuple(task_rank) if isinstance(task_rank, (tuple, list)) else task_rank
     return Grid(decomps=decomps, levels=by_decomp, task_rank=task_rank, references=("frozen",),
                 seeds=tuple(seeds), baseline_level=level, task_sets={f"T{t}": tuple(names[:t]) for t in task_counts},
                 shared_blocks=tuple(shared_blocks), run={**(QUICK_RUN if quick else DEFAULT_RUN), **run})
